@@ -192,7 +192,8 @@ def _check_attention_args(x, p, heads, variant):
     dim = shapes["w_qkv"][1] // 3
     if not isinstance(heads, int) or heads < 1 or dim % heads:
         raise ValueError(
-            f"heads must be a positive integer dividing the attention width D = {dim}, got {heads!r}"
+            f"heads must be a positive integer dividing the attention width D = {dim}, "
+            f"got {heads!r}"
         )
     if shapes["b_qkv"] != (3 * dim,) or len(shapes["w_out"]) != 2 or shapes["w_out"][0] != dim:
         raise ValueError(
@@ -205,7 +206,9 @@ def _check_attention_args(x, p, heads, variant):
             f"p['rel_bias'] must have shape (heads, (2H-1)*(2W-1)) = {table} for a {h}x{w} grid "
             f"and {heads} heads, got {onp.shape(getval(p['rel_bias']))}"
         )
-    check_same_dtype(x=x, **{name: p[name] for name in ("w_qkv", "b_qkv", "w_out", "b_out", "rel_bias")})
+    check_same_dtype(
+        x=x, **{name: p[name] for name in ("w_qkv", "b_qkv", "w_out", "b_out", "rel_bias")}
+    )
 
 
 def relative_attention(x, p, heads, variant="pre", reference=False):

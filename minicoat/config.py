@@ -35,6 +35,10 @@ class CoAtNetConfig:
         image_size: input height and width (an int for square images, or (h, w)).
         in_channels: input channels (3 for RGB, 1 for digits / MNIST).
         num_classes: width of the classification head.
+        head_hidden: width of a pre-logits layer (linear + tanh) between the pooled features
+            and the classifier, 0 for none. The paper-size presets use ``channels[4]``, as
+            timm's paper-style CoAtNet configs do (``head_hidden_size``); that layer is what
+            brings CoAtNet-0 to the paper's 25M parameters.
         head_dim: attention head size (paper: 32); heads = block width / head_dim.
         mbconv_expand: MBConv inverted-bottleneck expansion (paper: 4), of the output width.
         ffn_expand: Transformer FFN expansion (paper: 4).
@@ -55,6 +59,7 @@ class CoAtNetConfig:
     image_size: object = 224
     in_channels: int = 3
     num_classes: int = 1000
+    head_hidden: int = 0
     head_dim: int = 32
     mbconv_expand: int = 4
     ffn_expand: int = 4
@@ -98,7 +103,9 @@ class CoAtNetConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"unknown config fields {unknown}; expected a subset of {sorted(known)}")
+            raise ValueError(
+                f"unknown config fields {unknown}; expected a subset of {sorted(known)}"
+            )
         return cls(**d)
 
     def replace(self, **changes):
@@ -147,6 +154,10 @@ class CoAtNetConfig:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.in_channels < 1 or self.num_classes < 2 or self.head_dim < 1:
             raise ValueError("in_channels >= 1, num_classes >= 2 and head_dim >= 1 are required")
+        if self.head_hidden < 0:
+            raise ValueError(
+                f"head_hidden must be >= 0 (0: no pre-logits layer), got {self.head_hidden}"
+            )
         if self.mbconv_expand < 1 or self.ffn_expand < 1 or not 0 < self.se_ratio <= 1:
             raise ValueError("mbconv_expand and ffn_expand must be >= 1, se_ratio in (0, 1]")
 
@@ -155,32 +166,58 @@ _PAPER = dict(strides=(2, 2, 2, 2, 2), image_size=224, in_channels=3, num_classe
 
 PRESETS = {
     # Paper, table 3 (L = blocks per stage, D = widths), all C-C-T-T.
-    "coatnet-0": dict(depths=(2, 2, 3, 5, 2), channels=(64, 96, 192, 384, 768), **_PAPER),
-    "coatnet-1": dict(depths=(2, 2, 6, 14, 2), channels=(64, 96, 192, 384, 768), **_PAPER),
-    "coatnet-2": dict(depths=(2, 2, 6, 14, 2), channels=(128, 128, 256, 512, 1024), **_PAPER),
-    "coatnet-3": dict(depths=(2, 2, 6, 14, 2), channels=(192, 192, 384, 768, 1536), **_PAPER),
-    "coatnet-4": dict(depths=(2, 2, 12, 28, 2), channels=(192, 192, 384, 768, 1536), **_PAPER),
+    "coatnet-0": dict(
+        depths=(2, 2, 3, 5, 2), channels=(64, 96, 192, 384, 768), head_hidden=768, **_PAPER
+    ),
+    "coatnet-1": dict(
+        depths=(2, 2, 6, 14, 2), channels=(64, 96, 192, 384, 768), head_hidden=768, **_PAPER
+    ),
+    "coatnet-2": dict(
+        depths=(2, 2, 6, 14, 2), channels=(128, 128, 256, 512, 1024), head_hidden=1024, **_PAPER
+    ),
+    "coatnet-3": dict(
+        depths=(2, 2, 6, 14, 2), channels=(192, 192, 384, 768, 1536), head_hidden=1536, **_PAPER
+    ),
+    "coatnet-4": dict(
+        depths=(2, 2, 12, 28, 2), channels=(192, 192, 384, 768, 1536), head_hidden=1536, **_PAPER
+    ),
     # Small presets for small images (not in the paper): the stage structure is the paper's,
     # with fewer, narrower blocks and stride 1 where a 2 would shrink the grid to nothing.
     # 8x8 UCI digits: grids 8 -> 8 -> 8 -> 4 -> 4 -> 2.
     "coatnet-digits": dict(
-        depths=(2, 1, 1, 1, 1), channels=(32, 32, 64, 64, 128), strides=(1, 1, 2, 1, 2),
-        image_size=8, in_channels=1, num_classes=10,
+        depths=(2, 1, 1, 1, 1),
+        channels=(32, 32, 64, 64, 128),
+        strides=(1, 1, 2, 1, 2),
+        image_size=8,
+        in_channels=1,
+        num_classes=10,
     ),
     # 28x28 MNIST / Fashion-MNIST: grids 28 -> 14 -> 14 -> 7 -> 7 -> 7 (49 tokens in S3, S4).
     "coatnet-mnist": dict(
-        depths=(2, 1, 1, 2, 1), channels=(32, 32, 64, 64, 128), strides=(2, 1, 2, 1, 1),
-        image_size=28, in_channels=1, num_classes=10,
+        depths=(2, 1, 1, 2, 1),
+        channels=(32, 32, 64, 64, 128),
+        strides=(2, 1, 2, 1, 1),
+        image_size=28,
+        in_channels=1,
+        num_classes=10,
     ),
     # 32x32 CIFAR-10 and the benchmark: stem 32, MBConv 64/96, Transformer 192/384.
     "coatnet-cifar": dict(
-        depths=(2, 2, 2, 2, 1), channels=(32, 64, 96, 192, 384), strides=(1, 2, 2, 2, 2),
-        image_size=32, in_channels=3, num_classes=10,
+        depths=(2, 2, 2, 2, 1),
+        channels=(32, 64, 96, 192, 384),
+        strides=(1, 2, 2, 2, 2),
+        image_size=32,
+        in_channels=3,
+        num_classes=10,
     ),
     # 16x16 synthetic shapes (datasets.make_shapes): grids 16 -> 16 -> 8 -> 4 -> 4 -> 2.
     "coatnet-shapes": dict(
-        depths=(2, 1, 1, 1, 1), channels=(32, 32, 64, 64, 128), strides=(1, 2, 2, 1, 2),
-        image_size=16, in_channels=1, num_classes=4,
+        depths=(2, 1, 1, 1, 1),
+        channels=(32, 32, 64, 64, 128),
+        strides=(1, 2, 2, 1, 2),
+        image_size=16,
+        in_channels=1,
+        num_classes=4,
     ),
 }
 
@@ -195,4 +232,3 @@ def config(name, **overrides):
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return CoAtNetConfig(name=name, **{**PRESETS[name], **overrides})
-

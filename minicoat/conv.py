@@ -39,7 +39,9 @@ def output_size(n, k, stride):
 
 def _tap(x_pad, di, dj, ho, wo, stride):
     """The padded input seen by kernel tap (di, dj): (N, H+2p, W+2p, C) -> (N, Ho, Wo, C)."""
-    return x_pad[:, di : di + stride * (ho - 1) + 1 : stride, dj : dj + stride * (wo - 1) + 1 : stride, :]
+    return x_pad[
+        :, di : di + stride * (ho - 1) + 1 : stride, dj : dj + stride * (wo - 1) + 1 : stride, :
+    ]
 
 
 def _pad_hw(x, p):

@@ -58,7 +58,8 @@ def cross_entropy(logits, labels, label_smoothing=0.0):
     """Mean cross-entropy between logits and integer labels, with optional label smoothing.
 
     The target is ``(1 - eps) * one_hot + eps / K`` (PyTorch ``F.cross_entropy`` with
-    ``label_smoothing=eps``); the loss is ``-mean_n sum_k target[n, k] * log_softmax(logits)[n, k]``.
+    ``label_smoothing=eps``); the loss is
+    ``-mean_n sum_k target[n, k] * log_softmax(logits)[n, k]``.
 
     Args:
         logits: ``(N, K)`` float; labels: ``(N,)`` integers in ``[0, K)``.

@@ -13,7 +13,7 @@ import autograd.numpy as np
 import numpy as onp
 from autograd.tracer import getval
 
-from .checks import check_float, check_rank, check_same_dtype
+from .checks import check_float, check_same_dtype
 
 BN_EPS = 1e-5  # PyTorch's default for both norms
 LN_EPS = 1e-5
