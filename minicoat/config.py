@@ -135,14 +135,14 @@ class CoAtNetConfig:
                 f"image_size {self.image_size} must be divisible by the product of the strides "
                 f"{self.strides} = {total}; change image_size or use stride 1 in some stage"
             )
-        for stage, kind in enumerate(self.stage_types, start=1):
-            if kind == "T" and self.channels[stage] % self.head_dim:
+        # VIT_REL uses only the widths of S3 and S4 (its patch stem replaces S0-S2).
+        used = (3, 4) if self.layout == "VIT_REL" else range(1, 5)
+        for stage in used:
+            if self.stage_types[stage - 1] == "T" and self.channels[stage] % self.head_dim:
                 raise ValueError(
-                    f"stage S{stage} is a Transformer stage of width {self.channels[stage]}, which "
-                    f"head_dim={self.head_dim} must divide (heads = width / head_dim)"
+                    f"stage S{stage} is a Transformer stage of width {self.channels[stage]}, "
+                    f"which head_dim={self.head_dim} must divide (heads = width / head_dim)"
                 )
-        if self.layout == "VIT_REL" and self.channels[3] % self.head_dim:
-            raise ValueError(f"VIT_REL needs channels[3] divisible by head_dim={self.head_dim}")
         choices = {
             "variant": ("pre", "post"),
             "pool": ("max", "avg"),

@@ -139,25 +139,30 @@ def init_params(config, seed=0, dtype=onp.float32):
     """
     if not isinstance(config, CoAtNetConfig):
         raise TypeError(f"config must be a CoAtNetConfig (see minicoat.config), got {type(config)}")
-    rng = onp.random.default_rng(seed)
-
-    def draw(tree):
-        out = {}
-        for key in sorted(tree):
-            leaf = tree[key]
-            if isinstance(leaf, dict):
-                out[key] = draw(leaf)
-            elif leaf[0] == "normal":
-                out[key] = (rng.standard_normal(leaf[1]) * leaf[2]).astype(dtype)
-            elif leaf[0] == "zeros":
-                out[key] = onp.zeros(leaf[1], dtype)
-            else:
-                out[key] = onp.ones(leaf[1], dtype)
-        return out
-
-    params = draw(param_spec(config))
-    state = _map_spec(lambda c: init_bn_state(c, dtype), state_spec(config))
+    params = init_from_spec(param_spec(config), onp.random.default_rng(seed), dtype)
+    state = init_state(state_spec(config), dtype)
     return params, state
+
+
+def init_from_spec(spec, rng, dtype=onp.float32):
+    """Draw a parameter tree from a spec tree (see ``param_spec``), in sorted key order."""
+    out = {}
+    for key in sorted(spec):
+        leaf = spec[key]
+        if isinstance(leaf, dict):
+            out[key] = init_from_spec(leaf, rng, dtype)
+        elif leaf[0] == "normal":
+            out[key] = (rng.standard_normal(leaf[1]) * leaf[2]).astype(dtype)
+        elif leaf[0] == "zeros":
+            out[key] = onp.zeros(leaf[1], dtype)
+        else:
+            out[key] = onp.ones(leaf[1], dtype)
+    return out
+
+
+def init_state(spec, dtype=onp.float32):
+    """Fresh BatchNorm running statistics for a state spec (leaves: channel counts)."""
+    return _map_spec(lambda c: init_bn_state(c, dtype), spec)
 
 
 def check_params(params, state, config):
@@ -166,7 +171,8 @@ def check_params(params, state, config):
         ("params", params, param_spec(config)),
         ("state", state, _map_spec(lambda c: ("", (c,)), state_spec(config))),
     ):
-        expected, actual = _flat_shapes(spec), _flat_shapes(got)
+        # getval: under autograd the whole tree arrives as one box around the plain dict
+        expected, actual = _flat_shapes(spec), _flat_shapes(getval(got))
         if what == "state":  # state leaves are {"mean": (C,), "var": (C,)} pairs
             expected = {f"{k}.{s}": v for k, v in expected.items() for s in ("mean", "var")}
         if expected != actual:
