@@ -1,0 +1,235 @@
+"""Checkpoints: bit-exact round trips, atomic writes, and clear errors for bad files."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from minicoat.checkpoint import load_checkpoint, restore_rng, save_checkpoint
+from minicoat.config import CoAtNetConfig, config
+from minicoat.optim import adamw_init, adamw_update
+from minicoat.tree import flatten, tree_map
+
+CONFIG = config("coatnet-digits")
+
+
+def make_tree(seed=0):
+    """Params (float32, one float64 leaf with special values), BN state and AdamW state."""
+    rng = np.random.default_rng(seed)
+    params = {
+        "stem": {"conv0": {"w": rng.standard_normal((3, 3, 1, 4)).astype(np.float32),
+                           "b": np.zeros(4, np.float32)}},
+        "s3": {"block0": {"attn": {"rel_bias": rng.standard_normal((2, 9)).astype(np.float32)}}},
+        # Bit-exactness includes the values text formats lose: -0.0, NaN payloads, inf,
+        # subnormals.
+        "head": {"w": np.array([-0.0, np.nan, np.inf, -np.inf, 5e-324, 1 / 3], np.float64),
+                 "b": rng.standard_normal(3).astype(np.float32)},
+    }
+    state = {"stem": {"norm0": {"mean": rng.standard_normal(4).astype(np.float32),
+                                "var": rng.random(4).astype(np.float32)}}}
+    grads = tree_map(lambda p: np.ones_like(p), params)
+    _, opt_state = adamw_update(params, grads, adamw_init(params), 1e-3)
+    return params, state, opt_state
+
+
+def assert_bit_exact(a, b):
+    flat_a, flat_b = flatten(a), flatten(b)
+    assert flat_a.keys() == flat_b.keys()
+    for key, x in flat_a.items():
+        y = flat_b[key]
+        if isinstance(x, int):
+            assert type(y) is int and x == y, key
+        else:
+            assert x.dtype == y.dtype and x.shape == y.shape, key
+            assert x.tobytes() == y.tobytes(), key
+
+
+def test_round_trip_is_bit_exact(tmp_path):
+    params, state, opt_state = make_tree()
+    rng = np.random.default_rng(1234)
+    rng.random(17)  # advance the stream: the checkpoint must capture where it is
+    extra = {"epoch": 3, "loss": 0.123456789012345678, "args": {"batch": 32}}
+    path = tmp_path / "ckpt.npz"
+    save_checkpoint(path, params, state, CONFIG, opt_state=opt_state, step=42, rng_state=rng,
+                    extra=extra)
+    expected_stream = rng.random(10)
+
+    ckpt = load_checkpoint(path, expected_config=CONFIG)
+    assert_bit_exact(ckpt.params, params)
+    assert_bit_exact(ckpt.state, state)
+    assert_bit_exact(ckpt.opt_state, opt_state)
+    assert ckpt.opt_state["step"] == 1 and type(ckpt.opt_state["step"]) is int
+    assert ckpt.config == CONFIG
+    assert ckpt.step == 42 and ckpt.extra == extra
+    np.testing.assert_array_equal(restore_rng(ckpt.rng_state).random(10), expected_stream)
+
+
+def test_file_layout_is_plain_npz(tmp_path):
+    """Readable by NumPy alone: documented keys, meta a unicode (not object) array."""
+    params, state, opt_state = make_tree()
+    path = tmp_path / "ckpt.npz"
+    save_checkpoint(path, params, state, CONFIG, opt_state=opt_state)
+    with np.load(path, allow_pickle=False) as npz:
+        keys = set(npz.files)
+        meta = npz["meta"]
+        step = npz["opt/step"]
+    assert {"params/s3.block0.attn.rel_bias", "state/stem.norm0.mean", "opt/m.head.w",
+            "opt/step", "meta"} <= keys
+    assert meta.dtype.kind == "U" and meta.shape == ()
+    assert step.dtype == np.int64 and step.shape == ()
+    meta = json.loads(str(meta))
+    assert meta["format"] == "minicoat-checkpoint"
+    assert CoAtNetConfig.from_dict(meta["config"]) == CONFIG
+    assert meta["arrays"]["params/head.w"] == {"shape": [6], "dtype": "<f8", "kind": "array"}
+
+
+def test_no_opt_state_mt19937_and_path_without_suffix(tmp_path):
+    params, state, _ = make_tree()
+    rng = np.random.Generator(np.random.MT19937(5))  # its state holds an array (as a list)
+    rng.integers(0, 10, 7)
+    path = tmp_path / "latest"  # no ".npz" appended behind the caller's back
+    save_checkpoint(path, params, state, CONFIG.to_dict(), rng_state=rng.bit_generator.state)
+    assert os.listdir(tmp_path) == ["latest"]
+    ckpt = load_checkpoint(path)
+    assert ckpt.opt_state is None and ckpt.rng_state is not None and ckpt.extra is None
+    np.testing.assert_array_equal(restore_rng(ckpt.rng_state).random(5), rng.random(5))
+
+
+def test_write_is_atomic(tmp_path, monkeypatch):
+    params, state, opt_state = make_tree(0)
+    path = tmp_path / "ckpt.npz"
+    save_checkpoint(path, params, state, CONFIG, opt_state=opt_state, step=1)
+    assert os.listdir(tmp_path) == ["ckpt.npz"]  # no temporary file left behind
+    original = path.read_bytes()
+
+    def crash_mid_write(file, *args, **kwargs):
+        file.write(b"PK\x03\x04 half an archive")  # partial output, then the process "dies"
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(np, "savez", crash_mid_write)
+    new_params, _, _ = make_tree(1)
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_checkpoint(path, new_params, state, CONFIG, step=2)
+    monkeypatch.undo()
+
+    assert os.listdir(tmp_path) == ["ckpt.npz"]
+    assert path.read_bytes() == original  # the previous checkpoint is untouched
+    ckpt = load_checkpoint(path)
+    assert ckpt.step == 1
+    assert_bit_exact(ckpt.params, params)
+
+
+def test_failed_rename_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    params, state, _ = make_tree()
+    path = tmp_path / "ckpt.npz"
+    save_checkpoint(path, params, state, CONFIG, step=1)
+
+    def failing_replace(src, dst):
+        raise OSError("rename failed")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="rename failed"):
+        save_checkpoint(path, params, state, CONFIG, step=2)
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == ["ckpt.npz"]
+    assert load_checkpoint(path).step == 1
+
+
+@pytest.mark.parametrize("keep", [0, 3, 100, 0.5, -1])
+def test_truncated_file_is_a_clear_error(tmp_path, keep):
+    params, state, opt_state = make_tree()
+    path = tmp_path / "ckpt.npz"
+    save_checkpoint(path, params, state, CONFIG, opt_state=opt_state)
+    data = path.read_bytes()
+    cut = int(len(data) * keep) if isinstance(keep, float) else keep % len(data)
+    path.write_bytes(data[:cut])
+    with pytest.raises(ValueError, match=r"ckpt\.npz is not a valid minicoat checkpoint "
+                                         r"\(truncated or corrupt\?\)"):
+        load_checkpoint(path)
+
+
+def test_corrupted_bytes_are_a_clear_error(tmp_path):
+    params, state, _ = make_tree()
+    path = tmp_path / "ckpt.npz"
+    save_checkpoint(path, params, state, CONFIG)
+    data = bytearray(path.read_bytes())
+    start = data.index(b"\x93NUMPY")  # the first stored array's .npy header
+    data[start + 200:start + 216] = b"\xff" * 16  # inside its data: the CRC no longer matches
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        load_checkpoint(path)
+
+
+def test_pickled_arrays_are_refused(tmp_path):
+    path = tmp_path / "evil.npz"
+    np.savez(path, meta=np.array("{}"), **{"params/w": np.array([{"a": 1}], dtype=object)})
+    with pytest.raises(ValueError, match="evil.npz.*pickled.*refuses.*safety"):
+        load_checkpoint(path)
+
+
+def test_not_a_checkpoint(tmp_path):
+    plain = tmp_path / "plain.npz"
+    np.savez(plain, w=np.ones(3))
+    with pytest.raises(ValueError, match="plain.npz is not a minicoat checkpoint.*meta"):
+        load_checkpoint(plain)
+
+    other = tmp_path / "other.npz"
+    np.savez(other, meta=np.array(json.dumps({"format": "something-else"})))
+    with pytest.raises(ValueError, match="expected format 'minicoat-checkpoint'"):
+        load_checkpoint(other)
+
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    with pytest.raises(ValueError, match="notes.txt is not a valid minicoat checkpoint"):
+        load_checkpoint(text)
+
+
+def test_arrays_must_match_the_metadata(tmp_path):
+    params, state, _ = make_tree()
+    path = tmp_path / "ckpt.npz"
+    save_checkpoint(path, params, state, CONFIG)
+    with np.load(path) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+
+    missing = dict(arrays)
+    del missing["params/head.b"]
+    np.savez(tmp_path / "missing.npz", **missing)
+    with pytest.raises(ValueError, match=r"missing.npz.*missing \['params/head.b'\]"):
+        load_checkpoint(tmp_path / "missing.npz")
+
+    reshaped = dict(arrays, **{"params/head.b": np.zeros((1, 3), np.float32)})
+    np.savez(tmp_path / "reshaped.npz", **reshaped)
+    with pytest.raises(ValueError, match=r"params/head.b has shape \(1, 3\)"):
+        load_checkpoint(tmp_path / "reshaped.npz")
+
+    retyped = dict(arrays, **{"params/head.b": arrays["params/head.b"].astype(np.float64)})
+    np.savez(tmp_path / "retyped.npz", **retyped)
+    with pytest.raises(ValueError, match="params/head.b .*dtype float64.*float32"):
+        load_checkpoint(tmp_path / "retyped.npz")
+
+
+def test_other_config_is_refused_naming_fields(tmp_path):
+    params, state, _ = make_tree()
+    path = tmp_path / "ckpt.npz"
+    save_checkpoint(path, params, state, CONFIG)
+    other = CONFIG.replace(layout="CTTT", num_classes=4)
+    with pytest.raises(ValueError, match="another config") as info:
+        load_checkpoint(path, expected_config=other)
+    message = str(info.value)
+    assert "layout: 'CCTT' != 'CTTT'" in message and "num_classes: 10 != 4" in message
+    assert "channels" not in message  # only the differing fields
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing.npz does not exist"):
+        load_checkpoint(tmp_path / "nothing.npz")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        save_checkpoint(tmp_path / "no_dir" / "c.npz", {}, {}, CONFIG)
+
+
+def test_unserialisable_extra_is_refused_before_writing(tmp_path):
+    params, state, _ = make_tree()
+    with pytest.raises(ValueError, match="JSON"):
+        save_checkpoint(tmp_path / "c.npz", params, state, CONFIG, extra={"f": object()})
+    assert os.listdir(tmp_path) == []
