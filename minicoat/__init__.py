@@ -6,6 +6,7 @@ Channels-last arrays ``(N, H, W, C)``, parameters as nested dicts, gradients fro
 
 from .activations import gelu, log_softmax, sigmoid, softmax
 from .attention import attention_core, relative_attention, relative_position_index
+from .checkpoint import load_checkpoint, save_checkpoint
 from .config import CoAtNetConfig, config
 from .conv import conv1x1, conv2d, depthwise_conv2d
 from .gradcheck import numerical_gradient, numerical_vjp, rel_error
@@ -33,6 +34,7 @@ __all__ = [
     "gelu",
     "global_avg_pool",
     "layer_norm",
+    "load_checkpoint",
     "linear",
     "log_softmax",
     "max_pool2d",
@@ -41,6 +43,7 @@ __all__ = [
     "rel_error",
     "relative_attention",
     "relative_position_index",
+    "save_checkpoint",
     "sigmoid",
     "softmax",
     "squeeze_excitation",

@@ -247,7 +247,9 @@ def forward(params, state, x, config, train=False, check=True):
     if check:
         check_params(params, state, config)
     new_state = {}
-    h, new_state["stem"] = _stem_forward(params["stem"], state["stem"], x, config, train)
+    # .get: a stem without BatchNorm has no state, and an empty dict does not survive a
+    # round trip through a flat checkpoint
+    h, new_state["stem"] = _stem_forward(params["stem"], state.get("stem", {}), x, config, train)
     for name, kind, depth, _, _, stride, _ in _stages(config):
         stage_state = {}
         for b in range(depth):
