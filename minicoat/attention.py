@@ -21,6 +21,7 @@ shifts the output the same way (translation equivariance) wherever nothing falls
 
 import functools
 import math
+import numbers
 
 import autograd.numpy as np
 import numpy as onp
@@ -190,7 +191,7 @@ def _check_attention_args(x, p, heads, variant):
             f"got {shapes['w_qkv']}"
         )
     dim = shapes["w_qkv"][1] // 3
-    if not isinstance(heads, int) or heads < 1 or dim % heads:
+    if not isinstance(heads, numbers.Integral) or heads < 1 or dim % heads:
         raise ValueError(
             f"heads must be a positive integer dividing the attention width D = {dim}, "
             f"got {heads!r}"
@@ -238,6 +239,7 @@ def relative_attention(x, p, heads, variant="pre", reference=False):
     n, h, w, c = x.shape
     tokens = np.reshape(x, (n, h * w, c))  # (N, T, C)
     qkv = linear(tokens, p["w_qkv"], p["b_qkv"])  # (N, T, 3D)
+    heads = int(heads)
     q, k, v = (_split_heads(t, heads) for t in np.split(qkv, 3, axis=-1))  # each (N, heads, T, d)
     index = _relative_position_index(h, w)  # (T, T)
     if reference:

@@ -5,6 +5,8 @@ the call that caused it with a message naming the expected layout, instead of fa
 inside a matrix product (or, worse, broadcasting into a silently wrong answer).
 """
 
+import numbers
+
 import numpy as onp
 from autograd.tracer import getval
 
@@ -37,7 +39,7 @@ def check_same_dtype(**arrays):
 
 def check_stride(stride):
     """Raise ``ValueError`` unless ``stride`` is 1 or 2 (the only strides CoAtNet uses)."""
-    if stride not in (1, 2) or isinstance(stride, bool):
+    if isinstance(stride, bool) or not isinstance(stride, numbers.Integral) or stride not in (1, 2):
         raise ValueError(f"stride must be 1 or 2, got {stride!r}")
 
 

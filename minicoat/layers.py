@@ -71,6 +71,10 @@ def cross_entropy(logits, labels, label_smoothing=0.0):
     n, k = onp.shape(getval(logits)) if onp.ndim(getval(logits)) == 2 else (None, None)
     if n is None:
         raise ValueError(f"logits must have shape (N, K), got {onp.shape(getval(logits))}")
+    if n == 0:
+        raise ValueError("cross_entropy needs at least one example, got logits of shape (0, K)")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
     labels = onp.asarray(labels)
     if labels.shape != (n,) or not onp.issubdtype(labels.dtype, onp.integer):
         raise ValueError(

@@ -56,6 +56,14 @@ def batch_norm(x, gamma, beta, running, train, momentum=BN_MOMENTUM, eps=BN_EPS)
     c = shape[-1]
     _check_affine("gamma", gamma, c, x)
     _check_affine("beta", beta, c, x)
+    for name in ("mean", "var"):
+        stat = running[name]
+        if onp.shape(stat) != (c,) or onp.asarray(stat).dtype != getval(x).dtype:
+            raise ValueError(
+                f"running['{name}'] must have shape (C,) = ({c},) and the dtype of x "
+                f"({getval(x).dtype}), got shape {onp.shape(stat)} and dtype "
+                f"{onp.asarray(stat).dtype}"
+            )
     axes = tuple(range(len(shape) - 1))
     if train:
         n = int(onp.prod(shape[:-1]))
