@@ -311,7 +311,12 @@ def count_flops(config):
             if kind == "C":
                 mid = c_out * config.mbconv_expand
                 reduced = max(1, int(block_in * config.se_ratio))
-                flops += tokens * (block_in * mid + 9 * mid + mid * c_out) + 2 * mid * reduced
+                # with the stride in the depthwise conv, the expansion runs at the input grid
+                expand_tokens = tokens
+                if config.stride_at == "depthwise":
+                    expand_tokens = tokens * block_stride**2
+                flops += expand_tokens * block_in * mid
+                flops += tokens * (9 * mid + mid * c_out) + 2 * mid * reduced
             else:
                 hidden = c_out * config.ffn_expand
                 flops += tokens * (3 * block_in * c_out + c_out * c_out)  # qkv and output

@@ -336,3 +336,15 @@ def test_training_stays_float32_end_to_end():
     assert set(dtypes.values()) == {onp.dtype(onp.float32)}, dtypes
     _, new_state = mc.forward(params, state, x, config, train=True)
     assert {v.dtype for v in flatten(new_state).values()} == {onp.dtype(onp.float32)}
+
+
+def test_flops_follow_the_stride_placement():
+    """With the stride in the depthwise conv, each downsampling MBConv expands at the input
+    resolution: 4x the pixels of the first 1x1 convolution."""
+    paper = mc.config("coatnet-0")
+    timm_style = paper.replace(stride_at="depthwise")
+    extra = 0
+    for stage, (c_in, c_out) in ((1, (64, 96)), (2, (96, 192))):
+        h, w = paper.grid(stage)
+        extra += 3 * h * w * c_in * c_out * paper.mbconv_expand  # (4 - 1) x output pixels
+    assert mc.count_flops(timm_style) - mc.count_flops(paper) == extra

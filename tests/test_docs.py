@@ -1,0 +1,33 @@
+"""The docs are plain Markdown (they render on GitHub without a build step); this keeps their
+relative links and the README's commands honest."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+LINK = re.compile(r"\[[^\]]*\]\(([^)#\s]+)(?:#[^)]*)?\)")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_relative_links_point_to_existing_files(page):
+    broken = []
+    for target in LINK.findall(page.read_text()):
+        if re.match(r"[a-z]+:", target):  # http:, https:, mailto:
+            continue
+        if not (page.parent / target).exists():
+            broken.append(target)
+    assert not broken, f"{page.name} links to missing files: {broken}"
+
+
+def test_readme_first_screen_has_the_two_commands():
+    first_screen = "\n".join(ROOT.joinpath("README.md").read_text().splitlines()[:30])
+    assert "pip install -e . && minicoat train" in first_screen
+    assert 'pip install -e ".[test]" && pytest' in first_screen
+
+
+def test_ci_runs_the_readme_test_command():
+    ci = ROOT.joinpath(".ci", "run").read_text()
+    assert 'pip install --quiet -e ".[test]"' in ci and "\npytest\n" in ci
