@@ -1,0 +1,7 @@
+"""``python -m minicoat.assignments build OUT [--solutions] [--force]``."""
+
+import sys
+
+from .build import main
+
+sys.exit(main())
