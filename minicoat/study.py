@@ -22,7 +22,7 @@ from .config import LAYOUTS
 from .config import config as preset
 from .datasets import load_dataset
 from .model import count_params
-from .train import TrainConfig, train
+from .train import TrainConfig, evaluate, train
 
 PAPER_GENERALIZATION = "C-C-C-C ~ C-C-C-T >= C-C-T-T > C-T-T-T >> VIT_REL"
 PAPER_CAPACITY = "C-C-T-T ~ C-T-T-T > VIT_REL > C-C-C-T > C-C-C-C"
@@ -45,8 +45,6 @@ def run_layout_study(dataset="digits", epochs=15, seeds=(0,), train_subset=None,
         for seed in seeds:
             hp = TrainConfig(epochs=epochs, seed=seed)
             result = train(model, data, hp, progress=progress, log=lambda *a: None)
-            from .train import evaluate
-
             clean_loss, clean_acc, _ = evaluate(result["params"], result["state"], data.x_train,
                                                 data.y_train, model)
             runs.append((result["train_loss"], clean_loss, clean_acc, result["test_accuracy"],
@@ -54,7 +52,10 @@ def run_layout_study(dataset="digits", epochs=15, seeds=(0,), train_subset=None,
         mean = [sum(r[i] for r in runs) / len(runs) for i in range(5)]
         row = dict(layout=layout, parameters=count_params(model), train_loss=mean[0],
                    clean_train_loss=mean[1], train_accuracy=mean[2], test_accuracy=mean[3],
-                   seconds=mean[4], seeds=list(seeds))
+                   seconds=mean[4], seeds=list(seeds),
+                   test_accuracy_per_seed=[r[3] for r in runs],
+                   clean_train_loss_per_seed=[r[1] for r in runs],
+                   test_errors_per_seed=[round((1 - r[3]) * len(data.y_test)) for r in runs])
         rows.append(row)
         log(f"{layout:8s} {row['parameters']:>9,} params  train loss {row['train_loss']:.4f} "
             f"(clean {row['clean_train_loss']:.4f})  test acc {row['test_accuracy']:.4f}  "
@@ -71,12 +72,14 @@ def markdown_table(rows, dataset, epochs):
     lines = [
         f"Layout study on `{dataset}`, {epochs} epochs, seeds {rows[0]['seeds']}.",
         "",
-        "| layout | parameters | final train loss | clean train loss | test accuracy | time |",
-        "|---|---|---|---|---|---|",
+        "| layout | parameters | final train loss | clean train loss | test accuracy "
+        "| test errors per seed | time per run |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        errors = ", ".join(str(e) for e in r.get("test_errors_per_seed", []))
         lines.append(f"| {r['layout']} | {r['parameters']:,} | {r['train_loss']:.4f} | "
-                     f"{r['clean_train_loss']:.4f} | {r['test_accuracy']:.4f} | "
+                     f"{r['clean_train_loss']:.4f} | {r['test_accuracy']:.4f} | {errors} | "
                      f"{r['seconds']:.0f} s |")
     lines += [
         "",
@@ -90,19 +93,30 @@ def markdown_table(rows, dataset, epochs):
 
 
 def plot_study(rows, path, title):
-    """Final training loss against test accuracy, one labelled point per layout (fig. 1)."""
+    """Final training loss against test accuracy, one colour per layout (the paper's fig. 1).
+
+    Left: every layout. Right: the same without ViT_REL, zoomed in, with each seed's run as a
+    small dot and the mean as a large one, so that the spread between seeds is visible.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for r in rows:
-        ax.scatter(r["clean_train_loss"], r["test_accuracy"], s=60)
-        ax.annotate(r["layout"], (r["clean_train_loss"], r["test_accuracy"]),
-                    textcoords="offset points", xytext=(6, 4))
-    ax.set(xlabel="final training loss (evaluation mode)", ylabel="test accuracy", title=title)
-    ax.grid(alpha=0.3)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, shown in ((axes[0], rows), (axes[1], [r for r in rows if r["layout"] != "VIT_REL"])):
+        for r in shown:
+            colour = colours[rows.index(r) % len(colours)]
+            ax.scatter(r.get("clean_train_loss_per_seed", []), r.get("test_accuracy_per_seed", []),
+                       s=15, color=colour, alpha=0.5)
+            ax.scatter(r["clean_train_loss"], r["test_accuracy"], s=70, color=colour,
+                       label=r["layout"])
+        ax.set(xlabel="final training loss (evaluation mode)", ylabel="test accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    axes[0].set_title(title)
+    axes[1].set_title("zoom: the convolution-first layouts")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

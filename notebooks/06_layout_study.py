@@ -1,0 +1,93 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 06 · The layout study: where should convolution end and attention begin?
+#
+# Paper, section 2.2 and figure 1. With a stem S0 and four stages S1-S4, each stage either
+# MBConv ("C") or Transformer ("T"), the candidates are C-C-C-C, C-C-C-T, C-C-T-T, C-T-T-T,
+# and ViT_REL (a patchifying stem and only Transformer blocks). The paper compares
+#
+# - **generalization**: the gap between training loss and test accuracy. Plot the final
+#   training loss against test accuracy: for the same training loss, higher is better;
+# - **capacity**: how well a model fits a large dataset, i.e. how low the training loss goes.
+#
+# and finds generalization C-C-C-C ≈ C-C-C-T ≥ C-C-T-T > C-T-T-T ≫ ViT_REL, capacity
+# C-C-T-T ≈ C-T-T-T > ViT_REL > C-C-C-T > C-C-C-C, hence CoAtNet = C-C-T-T.
+#
+# `minicoat study layouts` runs the study on the digits (all five layouts, 15 epochs each,
+# a few minutes per layout on a laptop) and writes a table and the figure. Here CI runs a quick
+# version; set `MINICOAT_FULL=1` to run the real one in the notebook, and the results of the
+# full run are loaded from `docs/layout_study/` below.
+
+# %%
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from IPython.display import Image, display
+
+import minicoat as mc
+from minicoat.study import markdown_table, plot_study, run_layout_study
+
+FULL = os.environ.get("MINICOAT_FULL", "0") == "1"
+
+# %% [markdown]
+# ## The five networks
+# The same stem and widths for every layout (the `coatnet-digits` preset); only the block type
+# of each stage changes. Sizes are comparable, not equal: a Transformer block has more
+# parameters than an MBConv block of the same width.
+
+# %%
+for layout in ("CCCC", "CCCT", "CCTT", "CTTT", "VIT_REL"):
+    config = mc.config("coatnet-digits", layout=layout)
+    print(f"{layout:8s} {mc.count_params(config):>8,} parameters, "
+          f"{mc.count_flops(config) / 1e6:6.1f} M multiply-adds per image")
+
+# %% [markdown]
+# ## A quick run
+# One epoch on 256 training images per layout: enough to see the machinery work, far too
+# little to rank the layouts.
+
+# %%
+settings = dict(epochs=15) if FULL else dict(epochs=1, train_subset=256, test_subset=256)
+rows = run_layout_study("digits", **settings)
+print(markdown_table(rows, "digits", settings["epochs"]))
+assert len(rows) == 5 and all(0 <= r["test_accuracy"] <= 1 for r in rows)
+
+
+# %% [markdown]
+# Each layout is one point: its final training loss (evaluation mode, no label smoothing)
+# against its test accuracy. Further left means a better fit of the training data (capacity);
+# higher means better on unseen data (generalization).
+
+# %%
+figure = os.path.join(tempfile.mkdtemp(), "layout_study.png")
+plot_study(rows, figure, "quick run" if not FULL else "full run")
+display(Image(figure))
+
+
+# %% [markdown]
+# ## The full study (saved)
+# The results of `minicoat study layouts --dataset digits --epochs 15 --seeds 0 1 2`, kept in
+# `docs/layout_study/`; [docs/layout_study.md](../docs/layout_study.md) discusses them next to
+# the paper's ordering.
+
+# %%
+saved = Path("../docs/layout_study/layout_study.json")
+if not saved.exists():  # when the notebook runs from the repository root
+    saved = Path("docs/layout_study/layout_study.json")
+full = json.loads(saved.read_text())
+print(markdown_table(full["rows"], full["dataset"], full["epochs"]))
+display(Image(saved.with_suffix(".png")))
