@@ -7,6 +7,7 @@ array's dtype, while a NumPy float64 constant would silently turn a float32 arra
 import math
 
 import autograd.numpy as np
+import numpy as onp
 import scipy.special
 from autograd.extend import defvjp, primitive
 from autograd.tracer import getval
@@ -28,35 +29,128 @@ def gelu_reference(x, approximate="none"):
     return 0.5 * x * (1.0 + aspecial.erf(x * _INV_SQRT2))
 
 
+# ----------------------------------------------------------------------------------------
+# Fast elementwise evaluation (used by the primitives below and by other ops' VJPs)
+# ----------------------------------------------------------------------------------------
+
+BLOCK = 1 << 16  # elements per block: 256 KiB of float32, which stays in the L2 cache
+
+
+def row_blocks(rows):
+    """Slices of ~``BLOCK`` elements (whole rows) over the rows of a 2-D array."""
+    step = max(1, BLOCK // max(1, rows.shape[1]))
+    return [slice(start, start + step) for start in range(0, len(rows), step)]
+
+
+def blockwise(f, *arrays):
+    """``f(*arrays)`` for same-shaped arrays, evaluated ~64K elements (whole rows) at a time.
+
+    ``f`` must act row by row on the last axis: elementwise, or broadcasting a per-channel
+    vector over it (as BatchNorm does). A composite elementwise function (the GELU below is
+    ~20 NumPy passes) applied to a whole feature map of several MB streams it through main
+    memory once per pass and allocates a full-size temporary per step; on blocks that fit in
+    the cache the same passes run ~1.8x faster (measured at MBConv shapes) and temporaries
+    stay block-sized. Small inputs go in one call. Plain NumPy (for primitives).
+    """
+    arrays = [onp.asarray(a) for a in arrays]
+    shape = arrays[0].shape
+    if arrays[0].size <= 2 * BLOCK:
+        return f(*arrays)
+    width = shape[-1] if len(shape) > 1 else 1
+    rows = [onp.reshape(a, (-1, width)) for a in arrays]
+    out = onp.empty(rows[0].shape, dtype=onp.result_type(*arrays))
+    for part in row_blocks(out):
+        out[part] = f(*(r[part] for r in rows))
+    return out.reshape(shape)
+
+
+# Abramowitz & Stegun 7.1.26: for u >= 0, erfc(u) = t (a1 + a2 t + ... + a5 t^4) exp(-u^2)
+# + e(u), t = 1 / (1 + p u), |e(u)| <= 1.5e-7.
+_AS_P = 0.3275911
+_AS_A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
+
+
+def _lower_tail_float32(a):
+    """``Phi(-a)`` for float32 ``a >= 0``: ``0.5 erfc(a / sqrt 2)`` by A&S 7.1.26, in float32."""
+    t = a * (_AS_P * _INV_SQRT2)
+    t += 1.0
+    onp.reciprocal(t, out=t)  # t = 1 / (1 + p u), u = a / sqrt 2
+    q = (0.5 * _AS_A[4]) * t  # Horner, with the factor 0.5 folded into the coefficients
+    for coefficient in reversed(_AS_A[:4]):
+        q += 0.5 * coefficient
+        q *= t
+    gauss = a * a
+    gauss *= -0.5
+    onp.exp(gauss, out=gauss)  # exp(-u^2)
+    q *= gauss
+    return q
+
+
+def normal_cdf_float32(x):
+    """``Phi(x) = 0.5 (1 + erf(x / sqrt 2))`` for float32 ``x``, to 3e-7 absolute (A&S 7.1.26).
+
+    scipy's erf computes in double precision (~18 ns per element here); this rational
+    approximation in float32 takes ~5 ns in cache. The formula is good to 7.5e-8 and float32
+    evaluation adds a few ulps near x = 0 (measured maximum 2.6e-7 on ``[-12, 12]``):
+    harmless for float32 training, so it is used for float32 only and float64 keeps scipy's
+    erf for exact checks. With ``q = Phi(-|x|)``, ``Phi(x) = q`` for ``x < 0`` and ``1 - q``
+    for ``x >= 0``.
+    """
+    q = _lower_tail_float32(onp.abs(x))
+    # Phi = q + [x >= 0] (1 - 2q): arithmetic, since np.where with random signs is ~10x slower
+    phi = q * -2.0
+    phi += 1.0
+    phi *= onp.greater_equal(x, 0.0).astype(x.dtype)
+    phi += q
+    return phi
+
+
+def _normal_cdf(x):
+    """Phi(x) in x's dtype: the fast float32 approximation, or scipy's erf for float64."""
+    if x.dtype == onp.float32:
+        return normal_cdf_float32(x)
+    return 0.5 * (1.0 + scipy.special.erf(x * _INV_SQRT2))
+
+
 @primitive
 def _gelu_exact(x):
-    return 0.5 * x * (1.0 + scipy.special.erf(x * _INV_SQRT2))
+    return blockwise(lambda x: x * _normal_cdf(x), x)
+
+
+_TINY = 1e-30  # below this |x|, Phi(x) = 1/2 to double precision (and x Phi(x) may underflow)
 
 
 def _gelu_exact_vjp(y, x):
-    def vjp(g):  # d/dx [x * Phi(x)] = Phi(x) + x * phi(x)
-        cdf = 0.5 * (1.0 + scipy.special.erf(x * _INV_SQRT2))
-        pdf = _INV_SQRT_2PI * np.exp(-0.5 * x * x)
+    def grad(x, y, g):  # d/dx [x Phi(x)] = Phi(x) + x phi(x)
+        # Phi(x) = y / x: read back from the forward's output instead of a second erf.
+        with onp.errstate(divide="ignore", invalid="ignore"):
+            cdf = y / x
+        cdf[onp.abs(x) < _TINY] = 0.5
+        pdf = onp.exp(-0.5 * x * x) * _INV_SQRT_2PI
         return g * (cdf + x * pdf)
 
-    return vjp
+    return lambda g: blockwise(grad, x, y, g)
 
 
 defvjp(_gelu_exact, _gelu_exact_vjp)
 
 
+def _gelu_tanh_raw(x):
+    return 0.5 * x * (1.0 + onp.tanh(_SQRT_2_OVER_PI * (x + _TANH_COEF * x * x * x)))
+
+
 @primitive
 def _gelu_tanh(x):
-    return 0.5 * x * (1.0 + np.tanh(_SQRT_2_OVER_PI * (x + _TANH_COEF * x * x * x)))
+    return blockwise(_gelu_tanh_raw, x)
 
 
 def _gelu_tanh_vjp(y, x):
-    def vjp(g):
-        t = np.tanh(_SQRT_2_OVER_PI * (x + _TANH_COEF * x * x * x))
+    def grad(x, g):
+        t = onp.tanh(_SQRT_2_OVER_PI * (x + _TANH_COEF * x * x * x))
         dinner = _SQRT_2_OVER_PI * (1.0 + 3.0 * _TANH_COEF * x * x)
         return g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * dinner)
 
-    return vjp
+    return lambda g: blockwise(grad, x, g)
 
 
 defvjp(_gelu_tanh, _gelu_tanh_vjp)
@@ -65,7 +159,8 @@ defvjp(_gelu_tanh, _gelu_tanh_vjp)
 def gelu(x, approximate="none"):
     """Gaussian error linear unit, ``x * Phi(x)`` (PyTorch ``F.gelu``).
 
-    ``approximate="none"``: exact, ``0.5 x (1 + erf(x / sqrt 2))`` (scipy's erf).
+    ``approximate="none"``: exact, ``0.5 x (1 + erf(x / sqrt 2))`` (scipy's erf in float64;
+    in float32 a rational approximation of erf good to 3e-7, see ``normal_cdf_float32``).
     ``approximate="tanh"``: ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``, cheaper.
     Both are primitives with hand-written VJPs beside them; ``gelu_reference`` is the traced
     version they are tested against.

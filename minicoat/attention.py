@@ -114,16 +114,24 @@ def attention_core_reference(q, k, v, bias, variant):
 
 
 def _softmax_rows(s):
-    e = onp.exp(s - s.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+    """Softmax over the last axis, in place: ``s`` is overwritten with the probabilities."""
+    s -= s.max(axis=-1, keepdims=True)
+    onp.exp(s, out=s)
+    s /= s.sum(axis=-1, keepdims=True)
+    return s
 
 
 def _attention_weights(q, k, bias, variant):
-    """Forward pass up to the weights; returns (weights, softmax output)."""
+    """Forward pass up to the weights; returns (weights, softmax output).
+
+    The (N, h, T, T) matrices are the big arrays here (T^2 per head), so each step works in
+    place on the one array of logits, and the scale goes on q, (T, d), rather than on q k^T.
+    """
     scale = 1.0 / math.sqrt(q.shape[-1])
-    logits = q @ onp.swapaxes(k, -1, -2) * scale  # (N, h, T, T)
+    logits = (q * scale) @ onp.swapaxes(k, -1, -2)  # (N, h, T, T)
     if variant == "pre":
-        probs = _softmax_rows(logits + bias)
+        logits += bias
+        probs = _softmax_rows(logits)
         return probs, probs
     probs = _softmax_rows(logits)
     return probs + bias, probs
@@ -149,17 +157,21 @@ def attention_core(q, k, v, bias, variant):
 def _attention_core_vjp(argnums, out, args, kwargs):
     q, k, v, bias, variant = args
     scale = 1.0 / math.sqrt(q.shape[-1])
-    weights, probs = _attention_weights(q, k, bias, variant)  # recomputed, not stored
 
     def vjp(g):  # g: (N, h, T, d)
+        # Recomputed here, in the backward pass, rather than stored from the forward pass.
+        weights, probs = _attention_weights(q, k, bias, variant)
         d_weights = g @ onp.swapaxes(v, -1, -2)  # (N, h, T, T)
         d_v = onp.swapaxes(weights, -1, -2) @ g  # (N, h, T, d)
-        # softmax backward, row by row: dS = P * (dP - sum_j dP * P)
-        d_logits = probs * (d_weights - onp.sum(d_weights * probs, axis=-1, keepdims=True))
         # pre: the bias sits inside the softmax; post: it is added to the weights directly
-        d_bias = onp.sum(d_logits if variant == "pre" else d_weights, axis=0)  # (h, T, T)
-        d_q = d_logits @ k * scale  # (N, h, T, d)
-        d_k = onp.swapaxes(d_logits, -1, -2) @ q * scale  # (N, h, T, d)
+        d_bias_post = onp.sum(d_weights, axis=0) if variant == "post" else None
+        # softmax backward, row by row: dS = P * (dP - sum_j dP * P), in place on dP
+        d_weights -= onp.einsum("...ij,...ij->...i", d_weights, probs)[..., None]
+        d_logits = d_weights
+        d_logits *= probs
+        d_bias = onp.sum(d_logits, axis=0) if variant == "pre" else d_bias_post  # (h, T, T)
+        d_q = d_logits @ (k * scale)  # (N, h, T, d)
+        d_k = onp.swapaxes(d_logits, -1, -2) @ (q * scale)  # (N, h, T, d)
         grads = {0: d_q, 1: d_k, 2: d_v, 3: d_bias}
         return tuple(grads[i] for i in argnums)
 

@@ -24,6 +24,7 @@ Each op comes twice:
 import autograd.numpy as np
 import numpy as onp
 from autograd.extend import defvjp, primitive
+from autograd.tracer import getval
 
 from .checks import check_float, check_odd_kernel, check_rank, check_same_dtype, check_stride
 
@@ -42,11 +43,6 @@ def _tap(x_pad, di, dj, ho, wo, stride):
     return x_pad[
         :, di : di + stride * (ho - 1) + 1 : stride, dj : dj + stride * (wo - 1) + 1 : stride, :
     ]
-
-
-def _pad_hw(x, p):
-    """Zero-pad the two spatial axes by ``p`` on each side (plain NumPy, for primitives)."""
-    return onp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
 
 
 def _check_conv_args(x, w, stride, kernel_layout, depthwise):
@@ -83,17 +79,60 @@ def depthwise_conv2d_reference(x, w, stride=1):
     return y
 
 
-@primitive
-def _depthwise_conv2d(x, w, stride):
+_IMAGES_BLOCK = 1 << 18  # elements per block of whole images (1 MiB of float32)
+
+
+def _image_blocks(n, image_elements):
+    """Slices of a batch of ``n`` images of ``image_elements`` each, ~``_IMAGES_BLOCK`` per slice.
+
+    (At least one image per slice.)
+    """
+    per_block = max(1, _IMAGES_BLOCK // max(1, image_elements))
+    for start in range(0, n, per_block):
+        yield slice(start, min(n, start + per_block))
+
+
+def _padded_blocks(x, p, expansion=1):
+    """Yield ``(images, x_pad)``: a slice of the batch and those images zero-padded by ``p``.
+
+    A few images at a time (``_image_blocks``), padded into one buffer reused from block to
+    block (its border stays zero), so that all the taps of a block run while it sits in the
+    cache: ~1.5x faster than padding the whole batch and sweeping it once per tap. A caller
+    that expands each block ``expansion``-fold (im2col: k*k) asks for blocks that much smaller.
+    """
+    n, h, wd, c = x.shape
+    x_pad = None
+    for images in _image_blocks(n, h * wd * c * expansion):
+        m = images.stop - images.start
+        if x_pad is None:
+            x_pad = onp.zeros((m, h + 2 * p, wd + 2 * p, c), dtype=x.dtype)  # border stays 0
+        x_pad[:m, p : p + h, p : p + wd] = x[images]
+        yield images, x_pad[:m]
+
+
+def _depthwise_blocked(x, w, stride):
+    """The sum over taps of ``depthwise_conv2d_reference`` in plain NumPy, block by block.
+
+    Each product goes into a preallocated buffer (``out=``) instead of a fresh array.
+    """
     k = w.shape[0]
     n, h, wd, c = x.shape
     ho, wo = output_size(h, k, stride), output_size(wd, k, stride)
-    x_pad = _pad_hw(x, k // 2)
-    y = onp.zeros((n, ho, wo, c), dtype=x.dtype)
-    for di in range(k):
-        for dj in range(k):
-            y += _tap(x_pad, di, dj, ho, wo, stride) * w[di, dj]
+    y = onp.empty((n, ho, wo, c), dtype=x.dtype)
+    for images, x_pad in _padded_blocks(x, k // 2):
+        y_block = y[images]
+        onp.multiply(_tap(x_pad, 0, 0, ho, wo, stride), w[0, 0], out=y_block)  # the first tap
+        product = onp.empty_like(y_block)
+        for tap in range(1, k * k):
+            di, dj = divmod(tap, k)
+            onp.multiply(_tap(x_pad, di, dj, ho, wo, stride), w[di, dj], out=product)
+            y_block += product
     return y
+
+
+@primitive
+def _depthwise_conv2d(x, w, stride):
+    return _depthwise_blocked(x, w, stride)
 
 
 def _depthwise_vjp_x(y, x, w, stride):
@@ -103,6 +142,9 @@ def _depthwise_vjp_x(y, x, w, stride):
     ho, wo = y.shape[1:3]
 
     def vjp(g):  # g: (N, Ho, Wo, C) -> dx: (N, H, W, C)
+        if stride == 1:
+            # dx[j] = sum_i g[i] w[j - i + p]: the same convolution of g with the flipped kernel.
+            return _depthwise_blocked(g, w[::-1, ::-1], 1)
         dx_pad = onp.zeros((n, h + 2 * p, wd + 2 * p, c), dtype=g.dtype)
         for di in range(k):
             for dj in range(k):
@@ -117,11 +159,12 @@ def _depthwise_vjp_w(y, x, w, stride):
     ho, wo = y.shape[1:3]
 
     def vjp(g):  # g: (N, Ho, Wo, C) -> dw: (k, k, C)
-        x_pad = _pad_hw(x, k // 2)
-        dw = onp.empty_like(w)
-        for di in range(k):
-            for dj in range(k):
-                dw[di, dj] = onp.einsum("nhwc,nhwc->c", _tap(x_pad, di, dj, ho, wo, stride), g)
+        dw = onp.zeros_like(w)
+        for images, x_pad in _padded_blocks(x, k // 2):
+            for di in range(k):
+                for dj in range(k):
+                    tap = _tap(x_pad, di, dj, ho, wo, stride)
+                    dw[di, dj] += onp.einsum("nhwc,nhwc->c", tap, g[images])
         return dw
 
     return vjp
@@ -168,20 +211,37 @@ def conv2d_reference(x, w, stride=1):
     return y
 
 
-def _im2col(x, k, stride):
-    """All k*k taps side by side: (N, H, W, Ci) -> (N, Ho, Wo, k*k*Ci), tap-major, channel-minor."""
-    n, h, wd, c = x.shape
-    ho, wo = output_size(h, k, stride), output_size(wd, k, stride)
-    x_pad = _pad_hw(x, k // 2)
+def _im2col(x_pad, k, stride, ho, wo):
+    """All k*k taps of padded images side by side: (m, Ho, Wo, k*k*Ci), tap-major, channel-minor.
+
+    Flattened to ``(m*Ho*Wo, k*k*Ci)`` this turns the convolution into one matrix product with
+    the kernel read as ``(k*k*Ci, Co)``.
+    """
     taps = [_tap(x_pad, di, dj, ho, wo, stride) for di in range(k) for dj in range(k)]
     return onp.concatenate(taps, axis=-1)
 
 
+# The dense convolution runs a few images at a time (``_padded_blocks``): the im2col matrix of a
+# block (k*k times the block's images) stays ~1 MiB instead of k*k times the whole batch,
+# which keeps the peak memory near that of the input and output, and the copy in the cache.
+
+
+def _conv2d_blocked(x, w, stride):
+    """``conv2d`` without bias in plain NumPy: per block of images, im2col and one product."""
+    k, _, ci, co = w.shape
+    n, h, wd, _ = x.shape
+    ho, wo = output_size(h, k, stride), output_size(wd, k, stride)
+    w_rows = w.reshape(k * k * ci, co)  # row order matches _im2col's columns
+    y = onp.empty((n, ho, wo, co), dtype=x.dtype)
+    for images, x_pad in _padded_blocks(x, k // 2, expansion=k * k):
+        cols = _im2col(x_pad, k, stride, ho, wo).reshape(-1, k * k * ci)
+        onp.matmul(cols, w_rows, out=y[images].reshape(-1, co))  # y[images] is contiguous
+    return y
+
+
 @primitive
 def _conv2d(x, w, stride):
-    k, _, ci, co = w.shape
-    # One matrix product: (N, Ho, Wo, k*k*Ci) @ (k*k*Ci, Co); w's row order matches _im2col.
-    return _im2col(x, k, stride) @ w.reshape(k * k * ci, co)
+    return _conv2d_blocked(x, w, stride)
 
 
 def _conv2d_vjp_x(y, x, w, stride):
@@ -189,23 +249,37 @@ def _conv2d_vjp_x(y, x, w, stride):
     p = k // 2
     n, h, wd, _ = x.shape
     ho, wo = y.shape[1:3]
+    w_rows = w.reshape(k * k * ci, co)
 
     def vjp(g):  # g: (N, Ho, Wo, Co) -> dx: (N, H, W, Ci)
-        dx_pad = onp.zeros((n, h + 2 * p, wd + 2 * p, ci), dtype=g.dtype)
-        for di in range(k):
-            for dj in range(k):
-                _tap(dx_pad, di, dj, ho, wo, stride)[...] += g @ w[di, dj].T
-        return dx_pad[:, p : p + h, p : p + wd, :]
+        if stride == 1:
+            # dx[j] = sum_i g[i] w[j - i + p]^T: the same convolution of g, with the kernel
+            # flipped in space and transposed in channels, (k, k, Co, Ci).
+            return _conv2d_blocked(g, w[::-1, ::-1].transpose(0, 1, 3, 2), 1)
+        dx = onp.empty(x.shape, dtype=g.dtype)
+        for images in _image_blocks(n, h * wd * ci * k * k):
+            m = images.stop - images.start
+            # The transpose of im2col: the gradient of every column, added back to its pixel.
+            d_cols = (g[images].reshape(-1, co) @ w_rows.T).reshape(m, ho, wo, k * k, ci)
+            dx_pad = onp.zeros((m, h + 2 * p, wd + 2 * p, ci), dtype=g.dtype)
+            for t in range(k * k):
+                _tap(dx_pad, t // k, t % k, ho, wo, stride)[...] += d_cols[..., t, :]
+            dx[images] = dx_pad[:, p : p + h, p : p + wd]
+        return dx
 
     return vjp
 
 
 def _conv2d_vjp_w(y, x, w, stride):
     k, _, ci, co = w.shape
+    ho, wo = y.shape[1:3]
 
     def vjp(g):  # g: (N, Ho, Wo, Co) -> dw: (k, k, Ci, Co)
-        cols = _im2col(x, k, stride).reshape(-1, k * k * ci)  # (N*Ho*Wo, k*k*Ci)
-        return (cols.T @ g.reshape(-1, co)).reshape(k, k, ci, co)
+        dw = onp.zeros((k * k * ci, co), dtype=g.dtype)
+        for images, x_pad in _padded_blocks(x, k // 2, expansion=k * k):
+            cols = _im2col(x_pad, k, stride, ho, wo).reshape(-1, k * k * ci)  # (m*Ho*Wo, k*k*Ci)
+            dw += cols.T @ g[images].reshape(-1, co)
+        return dw.reshape(k, k, ci, co)
 
     return vjp
 
@@ -243,6 +317,21 @@ def _check_bias(b, c_out, x):
     check_same_dtype(x=x, b=b)
 
 
+def matmul_last(x, w):
+    """``x @ w`` over the last axis of ``x`` as one 2-D product: (..., C_in) -> (..., C_out).
+
+    ``x @ w`` with ``x`` of 3 or 4 axes is the same product, but NumPy runs it as a stack of
+    small products, and autograd's gradient for ``w`` then builds one ``(C_in, C_out)`` product
+    per leading index before summing them. Flattening the leading axes first makes the forward
+    and both gradients single BLAS calls (measured: several times faster at MBConv shapes).
+    """
+    shape = onp.shape(getval(x))
+    if len(shape) <= 2:
+        return x @ w
+    y = np.reshape(x, (-1, shape[-1])) @ w  # (prod(...), C_out)
+    return np.reshape(y, shape[:-1] + (onp.shape(getval(w))[-1],))
+
+
 def conv1x1(x, w, b=None, stride=1):
     """1x1 convolution as one matrix product over the channel axis.
 
@@ -268,7 +357,7 @@ def conv1x1(x, w, b=None, stride=1):
     check_same_dtype(x=x, w=w)
     if stride == 2:
         x = x[:, ::2, ::2, :]  # (N, ceil(H/2), ceil(W/2), C_in)
-    y = x @ w
+    y = matmul_last(x, w)  # x @ w as one 2-D product
     if b is not None:
         _check_bias(b, w_shape[1], x)
         y = y + b

@@ -6,6 +6,7 @@ from autograd.tracer import getval
 
 from .activations import gelu, log_softmax, sigmoid
 from .checks import check_float, check_same_dtype
+from .conv import matmul_last
 from .pooling import global_avg_pool
 
 
@@ -27,7 +28,7 @@ def linear(x, w, b=None):
             f"got w of shape {ws}"
         )
     check_same_dtype(x=x, w=w, b=b)
-    y = x @ w
+    y = matmul_last(x, w)
     if b is not None:
         if onp.shape(getval(b)) != (ws[1],):
             raise ValueError(f"b must have shape (C_out,) = ({ws[1]},), got {onp.shape(b)}")

@@ -11,8 +11,10 @@ batch variance in the running estimate, the biased one for normalising).
 
 import autograd.numpy as np
 import numpy as onp
+from autograd.extend import defvjp_argnums, primitive
 from autograd.tracer import getval
 
+from .activations import blockwise, row_blocks
 from .checks import check_float, check_same_dtype
 
 BN_EPS = 1e-5  # PyTorch's default for both norms
@@ -32,23 +34,8 @@ def init_bn_state(c, dtype=onp.float32):
     return {"mean": onp.zeros(c, dtype), "var": onp.ones(c, dtype)}
 
 
-def batch_norm(x, gamma, beta, running, train, momentum=BN_MOMENTUM, eps=BN_EPS):
-    """Batch normalisation over (N, H, W) for each channel.
-
-    ``y = (x - mean) / sqrt(var + eps) * gamma + beta``; in training mode ``mean`` and ``var``
-    are the batch statistics (biased variance) and the running statistics are updated as
-    ``running <- (1 - momentum) * running + momentum * batch`` (unbiased variance, as PyTorch);
-    in evaluation mode the running statistics are used and returned unchanged.
-
-    Args:
-        x: ``(N, H, W, C)`` (or ``(N, C)``), float32 or float64.
-        gamma, beta: ``(C,)`` scale and shift.
-        running: ``{"mean": (C,), "var": (C,)}`` running statistics.
-        train: True to normalise with batch statistics and update ``running``.
-
-    Returns:
-        ``(y, new_running)``: ``y`` has the shape of ``x``; ``new_running`` is a new dict.
-    """
+def _check_batch_norm_args(x, gamma, beta, running, train):
+    """Validate ``batch_norm``'s arguments; returns (axes reduced over, values per channel)."""
     check_float("x", x)
     shape = onp.shape(getval(x))
     if len(shape) not in (2, 4):
@@ -64,21 +51,31 @@ def batch_norm(x, gamma, beta, running, train, momentum=BN_MOMENTUM, eps=BN_EPS)
                 f"({getval(x).dtype}), got shape {onp.shape(stat)} and dtype "
                 f"{onp.asarray(stat).dtype}"
             )
-    axes = tuple(range(len(shape) - 1))
+    n = int(onp.prod(shape[:-1]))
+    if train and n < 2:
+        raise ValueError(
+            f"batch_norm in training mode needs more than one value per channel, got x of "
+            f"shape {shape}; use a larger batch or train=False"
+        )
+    return tuple(range(len(shape) - 1)), n
+
+
+def _updated_running(running, mean, var, n, momentum):
+    """PyTorch's update: ``(1 - momentum) running + momentum batch``, unbiased variance."""
+    return {
+        "mean": (1.0 - momentum) * running["mean"] + momentum * mean,
+        "var": (1.0 - momentum) * running["var"] + momentum * var * (n / (n - 1)),
+    }
+
+
+def batch_norm_reference(x, gamma, beta, running, train, momentum=BN_MOMENTUM, eps=BN_EPS):
+    """Readable, autograd-traced batch normalisation (see ``batch_norm``)."""
+    axes, n = _check_batch_norm_args(x, gamma, beta, running, train)
     if train:
-        n = int(onp.prod(shape[:-1]))
-        if n < 2:
-            raise ValueError(
-                f"batch_norm in training mode needs more than one value per channel, got x of "
-                f"shape {shape}; use a larger batch or train=False"
-            )
         mean = np.sum(x, axis=axes) * (1.0 / n)  # (C,)
         centered = x - mean
         var = np.sum(centered * centered, axis=axes) * (1.0 / n)  # biased, (C,)
-        new_running = {
-            "mean": (1.0 - momentum) * running["mean"] + momentum * getval(mean),
-            "var": (1.0 - momentum) * running["var"] + momentum * getval(var) * (n / (n - 1)),
-        }
+        new_running = _updated_running(running, getval(mean), getval(var), n, momentum)
     else:
         centered = x - running["mean"]
         var = running["var"]
@@ -87,11 +84,163 @@ def batch_norm(x, gamma, beta, running, train, momentum=BN_MOMENTUM, eps=BN_EPS)
     return centered * scale + beta, new_running
 
 
+def _channel_moments(x):
+    """Per-channel mean and biased variance of ``x`` over all axes but the last (plain NumPy).
+
+    The centred values are formed block by block (``row_blocks``), never as a full array.
+    """
+    rows = x.reshape(-1, x.shape[-1])  # (M, C)
+    mean = rows.sum(axis=0) * (1.0 / len(rows))
+    var = onp.zeros_like(mean)
+    for part in row_blocks(rows):
+        centered = rows[part] - mean
+        var += onp.einsum("mc,mc->c", centered, centered)
+    return mean, var * (1.0 / len(rows))
+
+
+@primitive
+def _batch_norm_train(x, gamma, beta, mean, var, eps):
+    """Training-mode BatchNorm ``(x - mean) / sqrt(var + eps) * gamma + beta``, hand VJP below.
+
+    ``mean`` and ``var`` must be x's own batch statistics (``_channel_moments(x)``): the caller
+    computes them once, as it also needs them for the running statistics, and the VJP
+    differentiates through them as the functions of ``x`` that they are.
+    """
+    scale = gamma / onp.sqrt(var + eps)
+    return blockwise(lambda x: (x - mean) * scale + beta, x)
+
+
+def _batch_norm_train_vjp(argnums, y, args, kwargs):
+    x, gamma, beta, mean, var, eps = args
+    x = onp.asarray(x)
+    c = x.shape[-1]
+    n = x.size // c
+
+    def vjp(g):
+        # With x_hat = (x - mean) / std: d_beta = sum g, d_gamma = sum g x_hat, and
+        # d_x = gamma / std * (g - mean(g) - x_hat mean(g x_hat)), the mean and variance's
+        # own dependence on x giving the two subtracted terms. Block by block, so that no
+        # full-size temporary is made besides d_x itself.
+        inv_std = 1.0 / onp.sqrt(var + eps)
+        g_rows, x_rows = g.reshape(-1, c), x.reshape(-1, c)
+        d_beta = g_rows.sum(axis=0)
+        d_gamma = onp.zeros_like(d_beta)
+        for part in row_blocks(x_rows):
+            d_gamma += onp.einsum("mc,mc->c", g_rows[part], x_rows[part] - mean)
+        d_gamma *= inv_std
+        scale = gamma * inv_std
+        centered_coef = scale * inv_std * d_gamma * (1.0 / n)
+        shift = scale * d_beta * (1.0 / n)
+        d_x = blockwise(lambda x, g: g * scale - (x - mean) * centered_coef - shift, x, g)
+        grads = {0: d_x, 1: d_gamma, 2: d_beta}
+        return tuple(grads[i] for i in argnums)
+
+    return vjp
+
+
+defvjp_argnums(_batch_norm_train, _batch_norm_train_vjp)
+
+
+def batch_norm(x, gamma, beta, running, train, momentum=BN_MOMENTUM, eps=BN_EPS):
+    """Batch normalisation over (N, H, W) for each channel.
+
+    ``y = (x - mean) / sqrt(var + eps) * gamma + beta``; in training mode ``mean`` and ``var``
+    are the batch statistics (biased variance) and the running statistics are updated as
+    ``running <- (1 - momentum) * running + momentum * batch`` (unbiased variance, as PyTorch);
+    in evaluation mode the running statistics are used and returned unchanged.
+
+    Training mode runs a primitive with a hand-written VJP (``batch_norm_reference`` is the
+    traced version it is tested against); evaluation mode is a traced affine map.
+
+    Args:
+        x: ``(N, H, W, C)`` (or ``(N, C)``), float32 or float64.
+        gamma, beta: ``(C,)`` scale and shift.
+        running: ``{"mean": (C,), "var": (C,)}`` running statistics.
+        train: True to normalise with batch statistics and update ``running``.
+
+    Returns:
+        ``(y, new_running)``: ``y`` has the shape of ``x``; ``new_running`` is a new dict.
+    """
+    _, n = _check_batch_norm_args(x, gamma, beta, running, train)
+    if not train:
+        scale = gamma / np.sqrt(running["var"] + eps)  # (C,)
+        return (x - running["mean"]) * scale + beta, running
+    mean, var = _channel_moments(onp.asarray(getval(x)))
+    y = _batch_norm_train(x, gamma, beta, mean, var, eps)
+    return y, _updated_running(running, mean, var, n, momentum)
+
+
+def _check_layer_norm_args(x, gamma, beta):
+    check_float("x", x)
+    c = onp.shape(getval(x))[-1]
+    _check_affine("gamma", gamma, c, x)
+    _check_affine("beta", beta, c, x)
+
+
+def layer_norm_reference(x, gamma, beta, eps=LN_EPS):
+    """Readable, autograd-traced layer normalisation (see ``layer_norm``)."""
+    _check_layer_norm_args(x, gamma, beta)
+    c = onp.shape(getval(x))[-1]
+    mean = np.sum(x, axis=-1, keepdims=True) * (1.0 / c)  # (..., 1)
+    centered = x - mean
+    var = np.sum(centered * centered, axis=-1, keepdims=True) * (1.0 / c)  # (..., 1)
+    return centered / np.sqrt(var + eps) * gamma + beta
+
+
+def _normalize_rows(x, eps):
+    """``x_hat = (x - mean) / sqrt(var + eps)`` over the last axis, and ``1 / sqrt(var + eps)``."""
+    c = x.shape[-1]
+    x_hat = x - x.sum(axis=-1, keepdims=True) * (1.0 / c)
+    var = onp.einsum("...c,...c->...", x_hat, x_hat)[..., None] * (1.0 / c)  # (..., 1)
+    inv_std = 1.0 / onp.sqrt(var + eps)
+    x_hat *= inv_std
+    return x_hat, inv_std
+
+
+@primitive
+def _layer_norm(x, gamma, beta, eps):
+    """LayerNorm over the last axis with a hand-written VJP (``layer_norm_reference`` traced)."""
+    x_hat, _ = _normalize_rows(onp.asarray(x), eps)
+    x_hat *= gamma
+    x_hat += beta
+    return x_hat
+
+
+def _layer_norm_vjp(argnums, y, args, kwargs):
+    x, gamma, beta, eps = args
+    x = onp.asarray(x)
+    c = x.shape[-1]
+
+    def vjp(g):
+        # d_x_hat = g gamma; d_x = (d_x_hat - mean(d_x_hat) - x_hat mean(d_x_hat x_hat)) / std,
+        # means over the last axis; d_gamma = sum over rows of g x_hat, d_beta = sum of g.
+        x_hat, inv_std = _normalize_rows(x, eps)  # recomputed, not stored
+        g_rows = g.reshape(-1, c)
+        d_gamma = onp.einsum("mc,mc->c", g_rows, x_hat.reshape(-1, c))
+        d_beta = g_rows.sum(axis=0)
+        d_x_hat = g * gamma
+        row_mean = d_x_hat.sum(axis=-1, keepdims=True) * (1.0 / c)
+        row_proj = onp.einsum("...c,...c->...", d_x_hat, x_hat)[..., None] * (1.0 / c)
+        d_x = x_hat
+        d_x *= -row_proj
+        d_x += d_x_hat
+        d_x -= row_mean
+        d_x *= inv_std
+        grads = {0: d_x, 1: d_gamma, 2: d_beta}
+        return tuple(grads[i] for i in argnums)
+
+    return vjp
+
+
+defvjp_argnums(_layer_norm, _layer_norm_vjp)
+
+
 def layer_norm(x, gamma, beta, eps=LN_EPS):
     """Layer normalisation over the last (channel) axis.
 
     ``y = (x - mean) / sqrt(var + eps) * gamma + beta`` with mean and biased variance taken
-    over the last axis of each token / pixel (PyTorch: ``F.layer_norm(x, (C,))``).
+    over the last axis of each token / pixel (PyTorch: ``F.layer_norm(x, (C,))``). A primitive
+    with a hand-written VJP; ``layer_norm_reference`` is the traced version.
 
     Args:
         x: ``(..., C)``, e.g. tokens ``(N, T, C)`` or a feature map ``(N, H, W, C)``.
@@ -100,11 +249,5 @@ def layer_norm(x, gamma, beta, eps=LN_EPS):
     Returns:
         Same shape and dtype as ``x``.
     """
-    check_float("x", x)
-    c = onp.shape(getval(x))[-1]
-    _check_affine("gamma", gamma, c, x)
-    _check_affine("beta", beta, c, x)
-    mean = np.sum(x, axis=-1, keepdims=True) * (1.0 / c)  # (..., 1)
-    centered = x - mean
-    var = np.sum(centered * centered, axis=-1, keepdims=True) * (1.0 / c)  # (..., 1)
-    return centered / np.sqrt(var + eps) * gamma + beta
+    _check_layer_norm_args(x, gamma, beta)
+    return _layer_norm(x, gamma, beta, eps)

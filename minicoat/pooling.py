@@ -30,13 +30,6 @@ def _repeat_edge_to_even(x):
     return x
 
 
-def _windows(x_even):
-    """(N, 2Ho, 2Wo, C) -> (N, Ho, Wo, C, 4): the four pixels of each 2x2 window, last."""
-    n, h, w, c = x_even.shape
-    win = x_even.reshape(n, h // 2, 2, w // 2, 2, c)  # (N, Ho, 2, Wo, 2, C)
-    return win.transpose(0, 1, 3, 5, 2, 4).reshape(n, h // 2, w // 2, c, 4)
-
-
 def avg_pool2d(x):
     """2x2 average pooling with stride 2 (odd sizes: see the module docstring).
 
@@ -48,25 +41,46 @@ def avg_pool2d(x):
     return np.sum(win, axis=(2, 4)) * 0.25
 
 
+def max_pool2d_reference(x):
+    """Readable, traced 2x2 max pooling (see ``max_pool2d``).
+
+    autograd splits the gradient of ``np.max`` evenly among tied maxima, where PyTorch (and
+    ``max_pool2d``) gives it all to the first one: compare the two on inputs without ties.
+    """
+    x_even = _repeat_edge_to_even(x)
+    n, h, w, c = x_even.shape
+    windows = np.reshape(x_even, (n, h // 2, 2, w // 2, 2, c))  # (N, Ho, 2, Wo, 2, C)
+    return np.max(np.max(windows, axis=4), axis=2)
+
+
+def _corners(x_even):
+    """The four pixels of every 2x2 window as strided views, in row-major window order."""
+    return [x_even[:, i::2, j::2] for i in (0, 1) for j in (0, 1)]
+
+
 @primitive
 def _max_pool2d(x):
-    return onp.max(_windows(_repeat_edge_to_even(x)), axis=-1)
+    # Three elementwise maxima of strided views: no (N, Ho, Wo, C, 4) copy to reduce over.
+    top_left, top_right, bottom_left, bottom_right = _corners(_repeat_edge_to_even(x))
+    return onp.maximum(onp.maximum(top_left, top_right), onp.maximum(bottom_left, bottom_right))
 
 
 def _max_pool2d_vjp(y, x):
     n, h, w, c = x.shape
 
     def vjp(g):  # g: (N, Ho, Wo, C); the gradient goes to the first maximum of each window
-        win = _windows(_repeat_edge_to_even(x))  # (N, Ho, Wo, C, 4)
-        first_max = onp.argmax(win, axis=-1)[..., None] == onp.arange(4)  # (N, Ho, Wo, C, 4)
-        ho, wo = g.shape[1:3]
-        d_win = (g[..., None] * first_max).reshape(n, ho, wo, c, 2, 2)
-        dx = d_win.transpose(0, 1, 4, 2, 5, 3).reshape(n, 2 * ho, 2 * wo, c)
+        x_even = _repeat_edge_to_even(x)
+        dx = onp.empty(x_even.shape, dtype=g.dtype)
+        taken = onp.zeros(y.shape, dtype=bool)  # window already has its maximum
+        for corner, d_corner in zip(_corners(x_even), _corners(dx), strict=True):
+            first = (corner == y) & ~taken
+            onp.multiply(g, first, out=d_corner)
+            taken |= first
         if h % 2:  # fold the repeated row back onto the last real row
             dx[:, h - 1] += dx[:, h]
         if w % 2:
             dx[:, :, w - 1] += dx[:, :, w]
-        return onp.ascontiguousarray(dx[:, :h, :w])
+        return dx if (h, w) == dx.shape[1:3] else onp.ascontiguousarray(dx[:, :h, :w])
 
     return vjp
 

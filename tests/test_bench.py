@@ -1,0 +1,54 @@
+"""`minicoat bench --quick` runs end to end and writes a complete JSON report.
+
+Only the shape of the report is checked: timings depend on the machine and its load, so no
+test asserts anything about speed.
+"""
+
+import json
+
+import pytest
+
+pytest.importorskip("torch")
+
+from minicoat import bench  # noqa: E402
+
+EXPECTED_ROWS = {
+    ("matmul", "fwd"),
+    *((name, mode) for name in (
+        "depthwise_conv2d 3x3", "conv2d 3x3", "relative_attention pre",
+        "relative_attention post", "MBConv block", "Transformer block",
+    ) for mode in ("fwd", "fwd+bwd")),
+}
+
+
+def test_quick_bench_writes_every_row(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    assert bench.main(["--quick", "--json", str(path)]) == 0
+    result = json.loads(path.read_text())
+    rows = result["rows"]
+    found = {(row["name"], row["mode"]) for row in rows}
+    assert EXPECTED_ROWS <= found
+    steps = [row for row in rows if row["mode"] == "step"]
+    assert len(steps) == 2 and all(row["name"].startswith("train step") for row in steps)
+    for row in rows:
+        assert row["numpy_ms"] > 0 and row["torch_ms"] > 0, row
+        assert row["ratio"] > 0, row
+        assert row["ratio"] == pytest.approx(row["numpy_ms"] / row["torch_ms"])
+        if row["mode"] != "fwd" or row["name"] != "matmul":
+            assert row["numpy_peak_mb_tracemalloc"] >= 0, row
+    assert result["matmul_peak_gflops"]["numpy"] > 0 and result["matmul_peak_gflops"]["torch"] > 0
+    machine = result["machine"]
+    assert machine["torch_threads"] >= 1 and "numpy_blas_threads" in machine
+    printed = capsys.readouterr().out
+    assert "| name | mode | shape | numpy ms | torch ms | numpy/torch" in printed
+    assert "train step coatnet-cifar" in printed
+
+
+def test_quick_scaling_covers_every_axis(tmp_path):
+    path = tmp_path / "bench.json"
+    assert bench.main(["--quick", "--scaling", "--only", "matmul", "--json", str(path)]) == 0
+    scaling = json.loads(path.read_text())["scaling"]
+    assert [len(scaling[axis]) for axis in ("batch", "image", "depth", "attention")] == [3, 2, 2, 2]
+    for rows in scaling.values():
+        for row in rows:
+            assert row["numpy_ms"] > 0 and row["torch_ms"] > 0 and row["ratio"] > 0
