@@ -95,8 +95,15 @@ def build_parser():
     return parser
 
 
+PASSTHROUGH = ("bench", "study", "assignments")  # commands with their own argument parsers
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in PASSTHROUGH:
+        # Hand everything after the command name to its own parser (so that its options and
+        # --help work); argparse's REMAINDER would stop at a leading option.
+        return _passthrough(argv[0], argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -104,20 +111,20 @@ def main(argv=None):
             return _train(args)
         if args.command == "evaluate":
             return _evaluate(args)
-        if args.command == "bench":
-            from .bench import main as bench_main
-
-            return bench_main(args.args)
-        if args.command == "study":
-            from .study import main as study_main
-
-            return study_main(args.args)
-        from .assignments.build import main as assignments_main
-
-        return assignments_main(args.args)
+        return _passthrough(args.command, args.args)
     except (ValueError, FileNotFoundError, TypeError) as err:
         print(f"minicoat {args.command}: error: {err}", file=sys.stderr)
         return 2
+
+
+def _passthrough(command, argv):
+    if command == "bench":
+        from .bench import main as command_main
+    elif command == "study":
+        from .study import main as command_main
+    else:
+        from .assignments.build import main as command_main
+    return command_main(argv)
 
 
 def _load_data(args):

@@ -150,3 +150,11 @@ def test_cli_help_lists_every_option(capsys):
     for option in ("--dataset", "--data-dir", "--model", "--layout", "--variant", "--epochs",
                    "--batch-size", "--lr", "--seed", "--out", "--resume"):
         assert option in text, option
+
+
+@pytest.mark.parametrize("command", ["bench", "study", "assignments"])
+def test_subcommands_get_their_own_options(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage:" in capsys.readouterr().out
