@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model import _stages, check_params, param_spec, state_spec
+from ..tree import flatten, unflatten
 
 # -- modules --------------------------------------------------------------------------------
 
@@ -207,27 +208,6 @@ class TorchCoAtNet(nn.Module):
 # -- weight transfer ------------------------------------------------------------------------
 
 
-def _flatten(tree, prefix=""):
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
-
-
-def _unflatten(flat):
-    tree = {}
-    for key, value in flat.items():
-        *path, leaf = key.split(".")
-        node = tree
-        for part in path:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return tree
-
-
 def _torch_name(key):
     """Our dotted key -> the twin's parameter / buffer name.
 
@@ -290,7 +270,7 @@ def copy_into(module, params, state=None):
     Raises ``ValueError`` if the names do not match one to one. Returns ``module``.
     """
     tensors = _twin_tensors(module)
-    flat = {**_flatten(params), **_flatten(state or {})}
+    flat = {**flatten(params), **flatten(state or {})}
     names = {_torch_name(k): k for k in flat}
     expected = {
         n for n in tensors if n.split(".")[-1] not in ("index", "num_batches_tracked")
@@ -317,7 +297,7 @@ def to_torch(params, state, config):
     Returns a ``TorchCoAtNet`` in training mode.
     """
     check_params(params, state, config)
-    dtype = getattr(torch, onp.asarray(next(iter(_flatten(params).values()))).dtype.name)
+    dtype = getattr(torch, onp.asarray(next(iter(flatten(params).values()))).dtype.name)
     return copy_into(TorchCoAtNet(config).to(dtype), params, state)
 
 
@@ -329,15 +309,15 @@ def from_torch(module, config=None):
     """
     config = config or module.config
     tensors = _twin_tensors(module)
-    ndims = {key: len(spec[1]) for key, spec in _flatten(param_spec(config)).items()}
-    state_keys = [f"{key}.{s}" for key in _flatten(state_spec(config)) for s in ("mean", "var")]
+    ndims = {key: len(spec[1]) for key, spec in flatten(param_spec(config)).items()}
+    state_keys = [f"{key}.{s}" for key in flatten(state_spec(config)) for s in ("mean", "var")]
     out = []
     for keys in (ndims, {key: 1 for key in state_keys}):
         flat = {}
         for key, ndim in keys.items():
             theirs = tensors[_torch_name(key)].detach().cpu().numpy()
             flat[key] = onp.ascontiguousarray(_from_torch_layout(key, theirs, ndim))
-        out.append(_unflatten(flat))
+        out.append(unflatten(flat))
     return out[0], out[1]
 
 
@@ -345,11 +325,11 @@ def torch_grads_as_params(module, params):
     """The twin's ``.grad`` of every parameter, in our tree layout (for comparisons)."""
     tensors = dict(module.named_parameters())
     flat = {}
-    for key, ours in _flatten(params).items():
+    for key, ours in flatten(params).items():
         grad = tensors[_torch_name(key)].grad
         if grad is None:
             raise ValueError(f"the twin has no gradient for {key}; call backward() first")
         flat[key] = onp.ascontiguousarray(
             _from_torch_layout(key, grad.cpu().numpy(), onp.ndim(ours))
         )
-    return _unflatten(flat)
+    return unflatten(flat)
