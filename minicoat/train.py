@@ -5,8 +5,8 @@ For each minibatch:
 1. ``loss(params)`` runs the network in training mode and returns the cross-entropy;
    the BatchNorm running statistics it produces are kept on the side (they are state, not
    something we differentiate).
-2. ``autograd.value_and_grad`` gives the loss and its gradient for every leaf of the
-   parameter tree.
+2. ``value_and_grad`` gives the loss and its gradient for every leaf of the parameter tree
+   (autograd's, with a backward pass that frees activations as it goes: ``autodiff.py``).
 3. Optionally the gradient is clipped to a maximum global norm.
 4. The optimizer (AdamW by default) turns gradients into new parameters, with the learning
    rate from a linear warm-up + cosine schedule.
@@ -26,9 +26,9 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from autograd import value_and_grad
 from autograd.tracer import getval
 
+from .autodiff import value_and_grad
 from .checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from .datasets import augment, iterate_minibatches
 from .layers import cross_entropy
