@@ -12,7 +12,7 @@ from .conv import conv1x1, conv2d, depthwise_conv2d
 from .gradcheck import numerical_gradient, numerical_vjp, rel_error
 from .layers import cross_entropy, linear, squeeze_excitation
 from .model import count_flops, count_params, forward, init_params
-from .norm import batch_norm, layer_norm
+from .norm import batch_norm, batch_norm_gelu, layer_norm
 from .pooling import avg_pool2d, global_avg_pool, max_pool2d
 
 __version__ = "0.1.0"
@@ -27,6 +27,7 @@ __all__ = [
     "attention_core",
     "avg_pool2d",
     "batch_norm",
+    "batch_norm_gelu",
     "conv1x1",
     "conv2d",
     "cross_entropy",

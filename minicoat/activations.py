@@ -112,48 +112,51 @@ def _normal_cdf(x):
     return 0.5 * (1.0 + scipy.special.erf(x * _INV_SQRT2))
 
 
-@primitive
-def _gelu_exact(x):
-    return blockwise(lambda x: x * _normal_cdf(x), x)
-
+# Plain-NumPy GELU and its derivative, shared by the primitives below and by
+# ``norm.batch_norm_gelu``; ``x`` is a block of a larger array (see ``blockwise``).
 
 _TINY = 1e-30  # below this |x|, Phi(x) = 1/2 to double precision (and x Phi(x) may underflow)
 
 
-def _gelu_exact_vjp(y, x):
-    def grad(x, y, g):  # d/dx [x Phi(x)] = Phi(x) + x phi(x)
-        # Phi(x) = y / x: read back from the forward's output instead of a second erf.
+def _tanh_inner(x):
+    return _SQRT_2_OVER_PI * (x + _TANH_COEF * x * x * x)
+
+
+def gelu_values(x, approximate):
+    """GELU of a plain array: ``x Phi(x)``, or its tanh approximation."""
+    if approximate == "none":
+        return x * _normal_cdf(x)
+    return 0.5 * x * (1.0 + onp.tanh(_tanh_inner(x)))
+
+
+def gelu_derivative(x, y, approximate):
+    """``d GELU(x) / dx`` of a plain array, given also its GELU ``y``.
+
+    Exact: ``Phi(x) + x phi(x)``, with ``Phi(x) = y / x`` read back from the forward's output
+    instead of a second erf (and ``Phi = 1/2`` where ``|x| < 1e-30``). Tanh approximation,
+    with ``t = tanh(u)``, ``u = sqrt(2/pi) (x + 0.044715 x^3)``:
+    ``0.5 (1 + t) + 0.5 x (1 - t^2) du/dx``.
+    """
+    if approximate == "none":
         with onp.errstate(divide="ignore", invalid="ignore"):
             cdf = y / x
         cdf[onp.abs(x) < _TINY] = 0.5
-        pdf = onp.exp(-0.5 * x * x) * _INV_SQRT_2PI
-        return g * (cdf + x * pdf)
-
-    return lambda g: blockwise(grad, x, y, g)
-
-
-defvjp(_gelu_exact, _gelu_exact_vjp)
-
-
-def _gelu_tanh_raw(x):
-    return 0.5 * x * (1.0 + onp.tanh(_SQRT_2_OVER_PI * (x + _TANH_COEF * x * x * x)))
+        return cdf + x * (onp.exp(-0.5 * x * x) * _INV_SQRT_2PI)
+    t = onp.tanh(_tanh_inner(x))
+    d_inner = _SQRT_2_OVER_PI * (1.0 + 3.0 * _TANH_COEF * x * x)
+    return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * d_inner
 
 
 @primitive
-def _gelu_tanh(x):
-    return blockwise(_gelu_tanh_raw, x)
+def _gelu(x, approximate):
+    return blockwise(lambda x: gelu_values(x, approximate), x)
 
 
-def _gelu_tanh_vjp(y, x):
-    def grad(x, g):
-        t = onp.tanh(_SQRT_2_OVER_PI * (x + _TANH_COEF * x * x * x))
-        dinner = _SQRT_2_OVER_PI * (1.0 + 3.0 * _TANH_COEF * x * x)
-        return g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * dinner)
-
-    return lambda g: blockwise(grad, x, g)
+def _gelu_vjp(y, x, approximate):
+    return lambda g: blockwise(lambda x, y, g: g * gelu_derivative(x, y, approximate), x, y, g)
 
 
-defvjp(_gelu_tanh, _gelu_tanh_vjp)
+defvjp(_gelu, _gelu_vjp)
 
 
 def gelu(x, approximate="none"):
@@ -169,11 +172,14 @@ def gelu(x, approximate="none"):
         x: any shape, float32 or float64. Returns: same shape and dtype.
     """
     check_float("x", x)
-    if approximate == "none":
-        return _gelu_exact(x)
-    if approximate == "tanh":
-        return _gelu_tanh(x)
-    raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
+    check_approximate(approximate)
+    return _gelu(x, approximate)
+
+
+def check_approximate(approximate):
+    """GELU's ``approximate`` must be ``"none"`` (exact) or ``"tanh"``."""
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
 
 
 def sigmoid(x):

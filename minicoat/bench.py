@@ -42,10 +42,9 @@ import time
 import tracemalloc
 from typing import NamedTuple
 
-import autograd
 import numpy as np
 
-from . import blocks, model
+from . import autodiff, blocks, model
 from .attention import relative_attention
 from .config import config as preset
 from .conv import conv2d, depthwise_conv2d
@@ -171,10 +170,8 @@ def _op_item(name, shape, flops, f, inputs, f_torch, torch_inputs):
     g = rng.standard_normal(np.shape(y)).astype(np.asarray(y).dtype)
     with torch.no_grad():
         g_torch = torch.from_numpy(g.copy()).reshape(f_torch(*torch_inputs).shape)
-    grad_of_all = autograd.make_vjp(lambda args: f(*args))
-
     def numpy_fwd_bwd():
-        vjp, _ = grad_of_all(tuple(inputs))
+        vjp, _ = autodiff.make_vjp(lambda args: f(*args), tuple(inputs))
         return vjp(g)
 
     def torch_fwd():
@@ -199,10 +196,8 @@ def _module_item(name, shape, flops, f, x, params, module, x_torch):
     y = f(x, params)
     g = np.random.default_rng(1).standard_normal(y.shape).astype(y.dtype)
     g_torch = _nchw(torch, g)
-    grad_of_all = autograd.make_vjp(lambda args: f(*args))
-
     def numpy_fwd_bwd():
-        vjp, _ = grad_of_all((x, params))
+        vjp, _ = autodiff.make_vjp(lambda args: f(*args), (x, params))
         return vjp(g)
 
     def torch_fwd():
@@ -368,7 +363,7 @@ def step_item(cfg, n, name=None):
         logits, _ = model.forward(p, state, x, cfg, train=True, check=False)
         return cross_entropy(logits, labels)
 
-    loss_and_grad = autograd.value_and_grad(loss)
+    loss_and_grad = autodiff.value_and_grad(loss)
     current = {"params": params, "opt": adamw_init(params)}
 
     def numpy_step():

@@ -23,7 +23,7 @@ from .activations import gelu
 from .attention import relative_attention
 from .conv import conv1x1, depthwise_conv2d
 from .layers import linear, squeeze_excitation
-from .norm import batch_norm, layer_norm
+from .norm import batch_norm, batch_norm_gelu, layer_norm
 from .pooling import avg_pool2d, max_pool2d
 
 # -- parameter specs: ("normal", shape, std) | ("zeros", shape) | ("ones", shape) ---------
@@ -101,11 +101,14 @@ def mbconv_forward(p, state, x, stride, cfg, train):
         x, **p["pre_norm"], running=state["pre_norm"], train=train
     )
     h = conv1x1(h, p["expand"]["w"], stride=expand_stride)  # (N, H', W', mid)
-    h, new_state["norm1"] = batch_norm(h, **p["norm1"], running=state["norm1"], train=train)
-    h = gelu(h, cfg.gelu)
+    # GELU(BN(h)) in one op that stores less for the backward pass (see norm.batch_norm_gelu)
+    h, new_state["norm1"] = batch_norm_gelu(
+        h, **p["norm1"], running=state["norm1"], train=train, approximate=cfg.gelu
+    )
     h = depthwise_conv2d(h, p["dw"]["w"], stride=dw_stride)  # (N, H', W', mid)
-    h, new_state["norm2"] = batch_norm(h, **p["norm2"], running=state["norm2"], train=train)
-    h = gelu(h, cfg.gelu)
+    h, new_state["norm2"] = batch_norm_gelu(
+        h, **p["norm2"], running=state["norm2"], train=train, approximate=cfg.gelu
+    )
     h = squeeze_excitation(h, p["se"], cfg.gelu)
     h = conv1x1(h, p["project"]["w"], p["project"]["b"])  # (N, H', W', C_out)
     return _shortcut(p, x, stride, cfg.pool) + h, new_state

@@ -28,12 +28,9 @@ def linear(x, w, b=None):
             f"got w of shape {ws}"
         )
     check_same_dtype(x=x, w=w, b=b)
-    y = matmul_last(x, w)
-    if b is not None:
-        if onp.shape(getval(b)) != (ws[1],):
-            raise ValueError(f"b must have shape (C_out,) = ({ws[1]},), got {onp.shape(b)}")
-        y = y + b
-    return y
+    if b is not None and onp.shape(getval(b)) != (ws[1],):
+        raise ValueError(f"b must have shape (C_out,) = ({ws[1]},), got {onp.shape(getval(b))}")
+    return matmul_last(x, w, b)
 
 
 def squeeze_excitation(x, p, approximate="none"):

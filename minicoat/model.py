@@ -24,11 +24,10 @@ import numpy as onp
 from autograd.tracer import getval
 
 from . import blocks
-from .activations import gelu
 from .config import CoAtNetConfig
 from .conv import conv2d
 from .layers import linear
-from .norm import batch_norm, init_bn_state, layer_norm
+from .norm import batch_norm_gelu, init_bn_state, layer_norm
 from .pooling import global_avg_pool
 
 # -- specs ----------------------------------------------------------------------------------
@@ -209,10 +208,10 @@ def _stem_forward(p, state, x, config, train):
         conv = p[f"conv{i}"]
         x = conv2d(x, conv["w"], conv.get("b"), stride=config.strides[0] if i == 0 else 1)
         if f"norm{i}" in p:
-            x, new_state[f"norm{i}"] = batch_norm(
-                x, **p[f"norm{i}"], running=state[f"norm{i}"], train=train
+            x, new_state[f"norm{i}"] = batch_norm_gelu(
+                x, **p[f"norm{i}"], running=state[f"norm{i}"], train=train,
+                approximate=config.gelu,
             )
-            x = gelu(x, config.gelu)
     return x, new_state
 
 

@@ -14,7 +14,14 @@ import numpy as onp
 from autograd.extend import defvjp_argnums, primitive
 from autograd.tracer import getval
 
-from .activations import blockwise, row_blocks
+from .activations import (
+    blockwise,
+    check_approximate,
+    gelu,
+    gelu_derivative,
+    gelu_values,
+    row_blocks,
+)
 from .checks import check_float, check_same_dtype
 
 BN_EPS = 1e-5  # PyTorch's default for both norms
@@ -110,29 +117,35 @@ def _batch_norm_train(x, gamma, beta, mean, var, eps):
     return blockwise(lambda x: (x - mean) * scale + beta, x)
 
 
-def _batch_norm_train_vjp(argnums, y, args, kwargs):
-    x, gamma, beta, mean, var, eps = args
-    x = onp.asarray(x)
+def _batch_norm_backward(x, g, gamma, mean, var, eps):
+    """Gradients ``(d_x, d_gamma, d_beta)`` of training-mode BatchNorm (plain NumPy).
+
+    With ``x_hat = (x - mean) / std``: ``d_beta = sum g``, ``d_gamma = sum g x_hat``, and
+    ``d_x = gamma / std * (g - mean(g) - x_hat mean(g x_hat))``, the mean and variance's own
+    dependence on ``x`` giving the two subtracted terms. Block by block, so that no full-size
+    temporary is made besides ``d_x`` itself.
+    """
     c = x.shape[-1]
     n = x.size // c
+    inv_std = 1.0 / onp.sqrt(var + eps)
+    g_rows, x_rows = g.reshape(-1, c), x.reshape(-1, c)
+    d_beta = g_rows.sum(axis=0)
+    d_gamma = onp.zeros_like(d_beta)
+    for part in row_blocks(x_rows):
+        d_gamma += onp.einsum("mc,mc->c", g_rows[part], x_rows[part] - mean)
+    d_gamma *= inv_std
+    scale = gamma * inv_std
+    centered_coef = scale * inv_std * d_gamma * (1.0 / n)
+    shift = scale * d_beta * (1.0 / n)
+    d_x = blockwise(lambda x, g: g * scale - (x - mean) * centered_coef - shift, x, g)
+    return d_x, d_gamma, d_beta
+
+
+def _batch_norm_train_vjp(argnums, y, args, kwargs):
+    x, gamma, beta, mean, var, eps = args
 
     def vjp(g):
-        # With x_hat = (x - mean) / std: d_beta = sum g, d_gamma = sum g x_hat, and
-        # d_x = gamma / std * (g - mean(g) - x_hat mean(g x_hat)), the mean and variance's
-        # own dependence on x giving the two subtracted terms. Block by block, so that no
-        # full-size temporary is made besides d_x itself.
-        inv_std = 1.0 / onp.sqrt(var + eps)
-        g_rows, x_rows = g.reshape(-1, c), x.reshape(-1, c)
-        d_beta = g_rows.sum(axis=0)
-        d_gamma = onp.zeros_like(d_beta)
-        for part in row_blocks(x_rows):
-            d_gamma += onp.einsum("mc,mc->c", g_rows[part], x_rows[part] - mean)
-        d_gamma *= inv_std
-        scale = gamma * inv_std
-        centered_coef = scale * inv_std * d_gamma * (1.0 / n)
-        shift = scale * d_beta * (1.0 / n)
-        d_x = blockwise(lambda x, g: g * scale - (x - mean) * centered_coef - shift, x, g)
-        grads = {0: d_x, 1: d_gamma, 2: d_beta}
+        grads = dict(enumerate(_batch_norm_backward(onp.asarray(x), g, gamma, mean, var, eps)))
         return tuple(grads[i] for i in argnums)
 
     return vjp
@@ -167,6 +180,68 @@ def batch_norm(x, gamma, beta, running, train, momentum=BN_MOMENTUM, eps=BN_EPS)
         return (x - running["mean"]) * scale + beta, running
     mean, var = _channel_moments(onp.asarray(getval(x)))
     y = _batch_norm_train(x, gamma, beta, mean, var, eps)
+    return y, _updated_running(running, mean, var, n, momentum)
+
+
+# -- BatchNorm followed by GELU, in one primitive -----------------------------------------
+
+
+@primitive
+def _batch_norm_gelu_train(x, gamma, beta, mean, var, eps, approximate):
+    """``GELU(BatchNorm(x))`` in training mode; ``mean``, ``var`` as in ``_batch_norm_train``."""
+    scale = gamma / onp.sqrt(var + eps)
+    return blockwise(lambda x: gelu_values((x - mean) * scale + beta, approximate), x)
+
+
+def _batch_norm_gelu_train_vjp(argnums, y, args, kwargs):
+    x, gamma, beta, mean, var, eps, approximate = args
+
+    def vjp(g):
+        # The BatchNorm output z, the GELU's input, was not stored: recompute it block by
+        # block from x, take the GELU's gradient d_z = g GELU'(z) (GELU'(z) reads Phi(z) back
+        # from the output y, as in activations.gelu), then BatchNorm's backward pass.
+        x_value = onp.asarray(x)
+        scale = gamma / onp.sqrt(var + eps)
+
+        def d_z(x, y, g):
+            return g * gelu_derivative((x - mean) * scale + beta, y, approximate)
+
+        g_z = blockwise(d_z, x_value, y, g)
+        grads = dict(enumerate(_batch_norm_backward(x_value, g_z, gamma, mean, var, eps)))
+        return tuple(grads[i] for i in argnums)
+
+    return vjp
+
+
+defvjp_argnums(_batch_norm_gelu_train, _batch_norm_gelu_train_vjp)
+
+
+def batch_norm_gelu(
+    x, gamma, beta, running, train, approximate="none", momentum=BN_MOMENTUM, eps=BN_EPS
+):
+    """``GELU(BatchNorm(x))``, the pair that follows every convolution inside MBConv and the stem.
+
+    The same values as ``gelu(batch_norm(x, ...)[0], approximate)``, with less memory: the
+    separate ops keep three arrays of x's size for the backward pass (BatchNorm's input, the
+    GELU's input and its output), this one keeps two (x and the output) and recomputes the
+    normalised ``z`` from x when the gradient is needed, one cheap elementwise pass. (timm's
+    ``BatchNormAct2d`` pairs the two layers the same way; torch's autograd stores all three.)
+
+    Args:
+        x: ``(N, H, W, C)`` (or ``(N, C)``); gamma, beta: ``(C,)``; running: as ``batch_norm``.
+        train: batch statistics and updated ``running`` if True, else the running statistics.
+        approximate: the GELU's, ``"none"`` (exact) or ``"tanh"``.
+
+    Returns:
+        ``(y, new_running)``: ``y`` has the shape of ``x``; ``new_running`` is a new dict.
+    """
+    check_approximate(approximate)
+    _, n = _check_batch_norm_args(x, gamma, beta, running, train)
+    if not train:
+        y, running = batch_norm(x, gamma, beta, running, train=False, eps=eps)
+        return gelu(y, approximate), running
+    mean, var = _channel_moments(onp.asarray(getval(x)))
+    y = _batch_norm_gelu_train(x, gamma, beta, mean, var, eps, approximate)
     return y, _updated_running(running, mean, var, n, momentum)
 
 

@@ -156,6 +156,15 @@ def test_matmul_last_matches_a_traced_product():
     assert_matches_finite_differences(conv.matmul_last, [x, w])
 
 
+def test_matmul_last_with_bias_matches_a_traced_product():
+    rng = np.random.default_rng(16)
+    for shape in [(4,), (3, 4), (2, 3, 5, 4)]:
+        x, w, b = normal(rng, *shape), normal(rng, 4, 6), normal(rng, 6)
+        assert_matches_reference(conv.matmul_last, lambda x, w, b: x @ w + b, [x, w, b])
+    x, w, b = normal(rng, 2, 3, 4), normal(rng, 4, 2), normal(rng, 2)
+    assert_matches_finite_differences(conv.matmul_last, [x, w, b])
+
+
 # -- norms --------------------------------------------------------------------------------
 
 
@@ -188,6 +197,49 @@ def test_batch_norm_matches_finite_differences():
             lambda x, g, b, train=train: mc.batch_norm(x, g, b, _running(4), train)[0],
             [x, gamma, beta],
         )
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+@pytest.mark.parametrize("train", [True, False])
+def test_batch_norm_gelu_matches_the_two_ops_across_blocks(approximate, train):
+    """The fused op equals gelu(batch_norm(x)), forward, gradients and running statistics,
+    on a map of several blocks (and a ragged one) as on a small one."""
+    rng = np.random.default_rng(17)
+    for shape in [(3, 2, 2, 5), (8, 61, 67, 7)]:  # 32,696 rows: 3 blocks of 9,362 + a ragged one
+        c = shape[-1]
+        running = {"mean": normal(rng, c), "var": 1.0 + rng.random(c)}
+        x, gamma, beta = 1.0 + 2.0 * normal(rng, *shape), normal(rng, c), normal(rng, c)
+
+        def fused(x, g, b, running=running):
+            return mc.batch_norm_gelu(x, g, b, running, train, approximate)[0]
+
+        def two_ops(x, g, b, running=running):
+            return mc.gelu(norm.batch_norm_reference(x, g, b, running, train)[0], approximate)
+
+        assert_matches_reference(fused, two_ops, [x, gamma, beta])
+        _, fused_running = mc.batch_norm_gelu(x, gamma, beta, running, train, approximate)
+        _, plain_running = mc.batch_norm(x, gamma, beta, running, train)
+        for key in ("mean", "var"):
+            assert mc.rel_error(fused_running[key], plain_running[key]) <= REFERENCE_TOL
+
+
+def test_batch_norm_gelu_matches_finite_differences():
+    rng = np.random.default_rng(18)
+    x, gamma, beta = 1.0 + normal(rng, 3, 2, 2, 4), normal(rng, 4), normal(rng, 4)
+    for train in (True, False):
+        for approximate in ("none", "tanh"):
+            assert_matches_finite_differences(
+                lambda x, g, b, t=train, a=approximate: mc.batch_norm_gelu(
+                    x, g, b, _running(4), t, a
+                )[0],
+                [x, gamma, beta],
+            )
+
+
+def test_batch_norm_gelu_rejects_an_unknown_gelu():
+    x = np.ones((2, 1, 1, 3))
+    with pytest.raises(ValueError, match="approximate must be 'none' or 'tanh'"):
+        mc.batch_norm_gelu(x, np.ones(3), np.zeros(3), _running(3), True, "erf")
 
 
 @pytest.mark.parametrize("shape", [(5,), (3, 7), (2, 4, 6), (2, 3, 3, 5)])
@@ -235,6 +287,10 @@ def test_fast_paths_keep_float32():
         "depthwise": (mc.depthwise_conv2d, [x, normal(rng, 3, 3, 4).astype(f32)]),
         "conv2d": (mc.conv2d, [x, normal(rng, 3, 3, 4, 5).astype(f32)]),
         "batch_norm": (lambda x, g, b: mc.batch_norm(x, g, b, running, True)[0], [x, c, c]),
+        "batch_norm_gelu": (
+            lambda x, g, b: mc.batch_norm_gelu(x, g, b, running, True)[0], [x, c, c]
+        ),
+        "matmul_last": (conv.matmul_last, [x, normal(rng, 4, 3).astype(f32), np.ones(3, f32)]),
         "layer_norm": (mc.layer_norm, [x, c, c]),
         "max_pool": (mc.max_pool2d, [x]),
     }

@@ -31,6 +31,7 @@ from minicoat.attention import (
     gather_rel_bias_reference,
 )
 from minicoat.conv import conv2d_reference, depthwise_conv2d_reference
+from minicoat.norm import batch_norm_reference
 from minicoat.oracle import (
     CONV_KERNEL,
     DEPTHWISE_KERNEL,
@@ -177,7 +178,12 @@ def _conv2d(g):
     )
 
 
-@case("conv1x1")
+def _traced_conv1x1(x, w, b=None, stride=1):
+    """``x @ w + b`` traced by autograd, what ``matmul_last``'s hand VJP replaces."""
+    return x[:, ::stride, ::stride] @ w + (0.0 if b is None else b)
+
+
+@case("conv1x1", traced_reference=True)
 def _conv1x1(g):
     n, h, wd, ci, co, stride = g.batch(), g.size(), g.size(), g.channels(), g.channels(), g.stride()
     inputs = {"x": g.normal(n, h, wd, ci), "w": g.normal(ci, co)}
@@ -189,6 +195,7 @@ def _conv1x1(g):
         inputs,
         {"x": FEATURE_MAP, "w": POINTWISE_KERNEL},
         FEATURE_MAP,
+        reference=lambda x, w, b=None: _traced_conv1x1(x, w, b, stride),
     )
 
 
@@ -213,6 +220,32 @@ def _batch_norm(g, train):
 
 case("batch_norm[train]")(lambda g: _batch_norm(g, train=True))
 case("batch_norm[eval]")(lambda g: _batch_norm(g, train=False))
+
+
+def _batch_norm_gelu(g, train):
+    """GELU(BatchNorm(x)) as one op, against torch's two and minicoat's traced two."""
+    bn = _batch_norm(g, train)
+    approximate = g.one_of("none", "tanh")
+    c = bn.inputs["x"].shape[-1]
+    running = {"mean": g.normal(c), "var": g.positive(c)}
+    running_torch = {key: oracle.array_to_torch(value) for key, value in running.items()}
+
+    def reference(x, gamma, beta):
+        return gelu_reference(batch_norm_reference(x, gamma, beta, running, train)[0], approximate)
+
+    return bn._replace(
+        ours=lambda x, gamma, beta: mc.batch_norm_gelu(
+            x, gamma, beta, running, train, approximate
+        )[0],
+        theirs=lambda x, gamma, beta: oracle.gelu(
+            oracle.batch_norm(x, gamma, beta, running_torch, train)[0], approximate
+        ),
+        reference=reference,
+    )
+
+
+case("batch_norm_gelu[train]", traced_reference=True)(lambda g: _batch_norm_gelu(g, True))
+case("batch_norm_gelu[eval]", traced_reference=True)(lambda g: _batch_norm_gelu(g, False))
 
 
 @case("layer_norm")
@@ -278,14 +311,17 @@ def _global_avg_pool(g):
     return Case(mc.global_avg_pool, oracle.global_avg_pool, {"x": x}, {"x": FEATURE_MAP})
 
 
-@case("linear")
+@case("linear", traced_reference=True)
 def _linear(g):
     ci, co = g.channels(), g.channels()
     inputs = {"x": g.normal(*g.one_of((g.batch(),), (g.batch(), g.size())), ci)}
     inputs["w"] = g.normal(ci, co)
     if g.one_of(True, False):
         inputs["b"] = g.normal(co)
-    return Case(mc.linear, oracle.linear, inputs, {"w": LINEAR_WEIGHT})
+    return Case(
+        mc.linear, oracle.linear, inputs, {"w": LINEAR_WEIGHT},
+        reference=lambda x, w, b=None: x @ w + (0.0 if b is None else b),
+    )
 
 
 @case("squeeze_excitation")
