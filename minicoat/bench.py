@@ -18,7 +18,10 @@ How it measures:
 * peak memory: NumPy's by ``tracemalloc`` (NumPy reports its array allocations to it) and, for
   both frameworks, by the growth of the process's peak resident set size (Linux: reset
   ``VmHWM`` through ``/proc/self/clear_refs`` after ``malloc_trim``, run once, read it back);
-  torch's allocator is invisible to tracemalloc, so the RSS figure is the one to compare;
+  torch's allocator is invisible to tracemalloc, so the RSS figure is the one to compare.
+  For the training steps each framework's RSS is measured in a fresh process of its own
+  (one warm-up step, then the measured one): in the shared process the heap left behind by the
+  other framework's runs inflates the figure by a third or more;
 * GFLOP/s: FLOPs = 2 x the multiply-adds of ``count_flops``' rules (forward), 3x that for
   forward+backward (each product appears once more for each of its two inputs), divided by
   the median time, and shown against each framework's own float32 1024x1024 matmul rate
@@ -34,12 +37,14 @@ import ctypes
 import datetime
 import gc
 import json
+import multiprocessing
 import os
 import platform
 import statistics
 import sys
 import time
 import tracemalloc
+from concurrent.futures import ProcessPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
@@ -144,6 +149,7 @@ class Item(NamedTuple):
     flops: float  # forward FLOPs (2 x multiply-adds); 0 when not counted
     numpy: dict  # mode ("fwd", "fwd+bwd" or "step") -> callable
     torch: dict
+    rebuild: tuple = None  # (builder, args) that make this item again in a fresh process
 
 
 def _torch():
@@ -381,7 +387,29 @@ def step_item(cfg, n, name=None):
     return Item(
         name or f"train step {cfg.name}", f"batch {n}, {h}x{w}x{cfg.in_channels}",
         2.0 * model.count_flops(cfg) * n, {"step": numpy_step}, {"step": torch_step},
+        rebuild=("step_item", (cfg, n)),
     )
+
+
+def _rss_in_this_process(builder, args, framework, mode):
+    """Build the item afresh, run it once to warm up, and return one run's peak RSS growth."""
+    item = globals()[builder](*args)
+    fn = getattr(item, framework)[mode]
+    fn()  # one-off allocations: optimiser state, caches, the torch twin's first-call setup
+    return peak_rss_mb(fn)
+
+
+def peak_rss_mb_fresh_process(item, framework, mode):
+    """``peak_rss_mb`` of ``item``'s ``framework`` run, measured in a new Python process.
+
+    In the bench's own process the heap is shaped by everything run before (the other
+    framework's steps above all): freed blocks that do not fit the next allocation pattern
+    stay resident, and the RSS growth then overstates what the step itself needs. A spawned
+    process has only this item, built the same way (``item.rebuild``).
+    """
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(_rss_in_this_process, *item.rebuild, framework, mode).result()
 
 
 # ----------------------------------------------------------------------------------------
@@ -389,8 +417,12 @@ def step_item(cfg, n, name=None):
 # ----------------------------------------------------------------------------------------
 
 
-def measure(item, mode, repeats, warmup, memory=True, budget_s=20.0):
-    """Time (and optionally the peak memory of) one item in one mode, in both frameworks."""
+def measure(item, mode, repeats, warmup, memory=True, budget_s=20.0, fresh_rss=True):
+    """Time (and optionally the peak memory of) one item in one mode, in both frameworks.
+
+    ``fresh_rss``: measure the RSS of an item that can be rebuilt (a training step) in a
+    fresh process per framework; False keeps it in this process (quicker, less faithful).
+    """
     np_fn, torch_fn = item.numpy[mode], item.torch[mode]
     numpy_ms, torch_ms, samples = time_pair(np_fn, torch_fn, repeats, warmup, budget_s)
     row = {
@@ -405,8 +437,12 @@ def measure(item, mode, repeats, warmup, memory=True, budget_s=20.0):
     }
     if memory:
         row["numpy_peak_mb_tracemalloc"] = peak_tracemalloc_mb(np_fn)
-        row["numpy_peak_mb_rss"] = peak_rss_mb(np_fn)
-        row["torch_peak_mb_rss"] = peak_rss_mb(torch_fn)
+        for fw, fn in (("numpy", np_fn), ("torch", torch_fn)):
+            if fresh_rss and item.rebuild is not None:
+                row[f"{fw}_peak_mb_rss"] = peak_rss_mb_fresh_process(item, fw, mode)
+            else:
+                row[f"{fw}_peak_mb_rss"] = peak_rss_mb(fn)
+        row["rss_in_fresh_process"] = fresh_rss and item.rebuild is not None
     return row
 
 
@@ -476,7 +512,8 @@ def run_scaling(quick):
     runs += [("image", s, preset(PRESET, image_size=s), n_fixed) for s in images]
     runs += [("depth", list(d), preset(PRESET, depths=d), n_fixed) for d in depths]
     for axis, value, cfg, n in runs:
-        row = measure(step_item(cfg, n), "step", reps, 1)
+        # --quick (the test) keeps the RSS in this process: 14 fresh processes take ~40 s
+        row = measure(step_item(cfg, n), "step", reps, 1, fresh_rss=not quick)
         row["params"] = model.count_params(cfg)
         out[axis].append({axis: value, "batch_size": n, **row})
         print(f"  scaling {axis}={value}", file=sys.stderr, flush=True)
@@ -654,7 +691,8 @@ def format_header(info, peak):
         f"the start, {info.get('load_average_at_end')} at the end.\n"
         f"Median of repeated runs after a warm-up; torch is the NCHW twin with the same weights. "
         f"Matmul peak (1024x1024 float32): numpy {peak['numpy']:.1f} GFLOP/s, "
-        f"torch {peak['torch']:.1f} GFLOP/s.\n"
+        f"torch {peak['torch']:.1f} GFLOP/s. Peak RSS growth of a training step: each "
+        f"framework in a fresh process of its own; of an op: in this process.\n"
     )
 
 

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -53,6 +55,8 @@ print(data.x_train.shape, data.x_train.dtype, data.y_train[:10])
 #    (BatchNorm uses batch statistics); the new running statistics are *state*, kept on the
 #    side rather than differentiated.
 # 2. `autograd.value_and_grad` returns the loss and a gradient tree with the same keys.
+#    (`minicoat.train` uses `minicoat.autodiff.value_and_grad`: the same gradients, bit for
+#    bit, from a backward pass that frees each saved activation once it has been used.)
 # 3. AdamW turns the gradients into new parameters:
 #    $p \leftarrow p - \eta\,\lambda p$ (decoupled decay, weights only), then
 #    $m \leftarrow \beta_1 m + (1-\beta_1) g$, $v \leftarrow \beta_2 v + (1-\beta_2) g^2$,

@@ -29,6 +29,9 @@ def test_quick_bench_writes_every_row(tmp_path, capsys):
     assert EXPECTED_ROWS <= found
     steps = [row for row in rows if row["mode"] == "step"]
     assert len(steps) == 2 and all(row["name"].startswith("train step") for row in steps)
+    for row in steps:  # each framework's step measured again in a fresh process of its own
+        assert row["rss_in_fresh_process"], row
+        assert row["numpy_peak_mb_rss"] >= 0 and row["torch_peak_mb_rss"] >= 0, row
     for row in rows:
         assert row["numpy_ms"] > 0 and row["torch_ms"] > 0, row
         assert row["ratio"] > 0, row
