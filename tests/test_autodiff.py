@@ -4,6 +4,7 @@ import gc
 import tracemalloc
 
 import autograd
+import autograd.numpy as anp
 import numpy as np
 import pytest
 
@@ -51,8 +52,9 @@ def test_value_and_grad_is_autograds_bit_for_bit():
 
 def test_backward_pass_frees_the_saved_activations():
     """Peak memory of a step: the activations are released as the backward pass goes,
-    where autograd's own pass holds them all until it ends (measured 13% lower here,
-    10% and 15% on coatnet-cifar at batch 32 and 128)."""
+    where autograd's own pass holds them all until it ends, and without autograd's per-level
+    copies of the gradient tree (measured 21% lower here, 19% and 18% on coatnet-cifar at
+    batch 32 and 128)."""
     loss, params = _tiny_loss()
     ours = _peak_mb(lambda: autodiff.value_and_grad(loss)(params))
     theirs = _peak_mb(lambda: autograd.value_and_grad(loss)(params))
@@ -74,6 +76,35 @@ def test_make_vjp_matches_autograd_and_runs_once():
         assert np.array_equal(ours, theirs)
     with pytest.raises(RuntimeError, match="already run"):
         vjp(g)
+
+
+def test_gradient_tree_keeps_the_structure_with_unused_and_repeated_leaves():
+    rng = np.random.default_rng(2)
+    tree = {
+        "a": rng.standard_normal(3),
+        "nested": {"b": rng.standard_normal((2, 3)), "unused": np.ones(4, np.float32)},
+        "empty": {},
+        "pair": (rng.standard_normal(3), rng.standard_normal(3)),
+    }
+
+    def fun(t):  # "a" is used three times, "unused" not at all
+        first, second = t["pair"]
+        head = anp.tanh(t["nested"]["b"] @ t["a"]) * t["a"][:2]
+        return anp.sum(head) + anp.sum(first * t["a"])
+
+    value, grads = autodiff.value_and_grad(fun)(tree)
+    value_ag, grads_ag = autograd.value_and_grad(fun)(tree)
+    assert value == value_ag
+    assert grads["empty"] == {} and isinstance(grads["pair"], tuple)
+    assert np.array_equal(grads["nested"]["unused"], np.zeros(4, np.float32))
+    assert grads["nested"]["unused"].dtype == np.float32
+    assert np.array_equal(grads["pair"][1], np.zeros(3))
+    for ours, theirs in (
+        (grads["a"], grads_ag["a"]),
+        (grads["nested"]["b"], grads_ag["nested"]["b"]),
+        (grads["pair"][0], grads_ag["pair"][0]),
+    ):
+        assert np.array_equal(ours, theirs)
 
 
 def test_value_and_grad_needs_a_scalar_and_handles_a_constant():
