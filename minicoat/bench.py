@@ -13,8 +13,9 @@ preset at two batch sizes. It prints one Markdown table::
 
 How it measures:
 
-* time: the median of repeated runs after a warm-up run, NumPy and torch runs interleaved so
-  that a background load hits both alike (``time.perf_counter``);
+* time: the median of repeated runs (``time.perf_counter``), each framework in blocks of runs
+  that start with untimed warm-up runs (>= 0.25 s), blocks alternating NumPy, torch, NumPy, ...
+  so that a drifting background load hits both alike (``time_pair`` says why not single runs);
 * peak memory: NumPy's by ``tracemalloc`` (NumPy reports its array allocations to it) and, for
   both frameworks, by the growth of the process's peak resident set size (Linux: reset
   ``VmHWM`` through ``/proc/self/clear_refs`` after ``malloc_trim``, run once, read it back);
@@ -36,6 +37,7 @@ import argparse
 import ctypes
 import datetime
 import gc
+import itertools
 import json
 import multiprocessing
 import os
@@ -65,23 +67,36 @@ LR, WEIGHT_DECAY = 1e-3, 0.05  # AdamW in both frameworks, decay on every leaf (
 # ----------------------------------------------------------------------------------------
 
 
-def time_pair(numpy_fn, torch_fn, repeats, warmup=1, budget_s=20.0):
-    """Median milliseconds of ``numpy_fn()`` and ``torch_fn()``, runs interleaved.
+def time_pair(numpy_fn, torch_fn, repeats, warmup=1, budget_s=20.0, rounds=3, settle_s=0.25):
+    """Median milliseconds of ``numpy_fn()`` and ``torch_fn()``, in alternating blocks of runs.
 
-    Runs each ``warmup`` times, then alternates them up to ``repeats`` times (at least 3 unless
-    ``repeats`` is smaller, and fewer than ``repeats`` once ``budget_s`` seconds are spent).
-    Returns ``(numpy_ms, torch_ms, samples)``.
+    Each framework runs in blocks: first untimed runs (at least ``warmup`` of them, and at
+    least ``settle_s`` seconds' worth), then its share of the ``repeats`` timed runs. The blocks
+    alternate, numpy then torch, ``rounds`` times (fewer once ``budget_s`` seconds are spent and
+    3 runs each are timed), so that a slow drift of the machine's load hits both alike.
+
+    Why blocks and the settling time: after a parallel region the worker threads of OpenBLAS
+    (NumPy's matrix products) and of torch keep spinning on the cores for a while before they
+    sleep. A run that starts right after the other framework's competes with them for the two
+    cores; timing single runs alternately slowed both 1.5-10x at the op sizes here (conv2d
+    forward: numpy 5.3 -> 15.3 ms, torch 2.1 -> 28.4 ms). Returns
+    ``(numpy_ms, torch_ms, samples)``.
     """
-    for _ in range(warmup):
-        numpy_fn()
-        torch_fn()
+    rounds = max(1, min(rounds, repeats))
+    per_round = -(-repeats // rounds)  # ceil
     times = ([], [])
     start = time.perf_counter()
-    while len(times[0]) < repeats:
+    for _ in range(rounds):
         for fn, samples in zip((numpy_fn, torch_fn), times, strict=True):
-            t0 = time.perf_counter()
-            fn()
-            samples.append(time.perf_counter() - t0)
+            settle_until = time.perf_counter() + settle_s
+            for i in itertools.count():
+                if i >= warmup and time.perf_counter() >= settle_until:
+                    break
+                fn()
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                fn()
+                samples.append(time.perf_counter() - t0)
         if len(times[0]) >= 3 and time.perf_counter() - start > budget_s:
             break
     return statistics.median(times[0]) * 1e3, statistics.median(times[1]) * 1e3, len(times[0])
@@ -417,14 +432,17 @@ def peak_rss_mb_fresh_process(item, framework, mode):
 # ----------------------------------------------------------------------------------------
 
 
-def measure(item, mode, repeats, warmup, memory=True, budget_s=20.0, fresh_rss=True):
+def measure(item, mode, repeats, warmup, memory=True, budget_s=20.0, fresh_rss=True,
+            settle_s=0.25):
     """Time (and optionally the peak memory of) one item in one mode, in both frameworks.
 
     ``fresh_rss``: measure the RSS of an item that can be rebuilt (a training step) in a
     fresh process per framework; False keeps it in this process (quicker, less faithful).
     """
     np_fn, torch_fn = item.numpy[mode], item.torch[mode]
-    numpy_ms, torch_ms, samples = time_pair(np_fn, torch_fn, repeats, warmup, budget_s)
+    numpy_ms, torch_ms, samples = time_pair(
+        np_fn, torch_fn, repeats, warmup, budget_s, settle_s=settle_s
+    )
     row = {
         "name": item.name,
         "mode": mode,
@@ -484,7 +502,9 @@ def run_table(quick, only=None, repeats=None):
     op_repeats = repeats or (1 if quick else 15)
     step_repeats = repeats or (1 if quick else 5)
     rows = []
-    mm = measure(matmul_item(), "fwd", op_repeats, 1 if quick else 3, memory=False)
+    settle = 0.0 if quick else 0.25
+    mm = measure(matmul_item(), "fwd", op_repeats, 1 if quick else 3, memory=False,
+                 settle_s=settle)
     peak = {fw: mm["flops"] / (mm[f"{fw}_ms"] * 1e-3) / 1e9 for fw in ("numpy", "torch")}
     rows.append(_add_gflops(mm, peak))
     items = [(it, mode, op_repeats) for it in hot_items(quick) for mode in ("fwd", "fwd+bwd")]
@@ -493,7 +513,7 @@ def run_table(quick, only=None, repeats=None):
     for item, mode, reps in items:
         if only and only not in item.name:
             continue
-        row = measure(item, mode, reps, 1)
+        row = measure(item, mode, reps, 1, settle_s=settle)
         rows.append(_add_gflops(row, peak))
         print(f"  measured {item.name} [{mode}] {item.shape}", file=sys.stderr, flush=True)
     return rows, peak
@@ -503,6 +523,7 @@ def run_scaling(quick):
     """Step time and memory against batch, image size and depth; attention against tokens."""
     base = preset(PRESET)
     reps = 1 if quick else 3
+    settle = 0.0 if quick else 0.25
     out = {"batch": [], "image": [], "depth": [], "attention": []}
     batches, images = ((2, 4, 8), (16, 32)) if quick else ((8, 32, 128), (16, 32, 64))
     n_fixed = 2 if quick else 32
@@ -513,14 +534,15 @@ def run_scaling(quick):
     runs += [("depth", list(d), preset(PRESET, depths=d), n_fixed) for d in depths]
     for axis, value, cfg, n in runs:
         # --quick (the test) keeps the RSS in this process: 14 fresh processes take ~40 s
-        row = measure(step_item(cfg, n), "step", reps, 1, fresh_rss=not quick)
+        row = measure(step_item(cfg, n), "step", reps, 1, fresh_rss=not quick, settle_s=settle)
         row["params"] = model.count_params(cfg)
         out[axis].append({axis: value, "batch_size": n, **row})
         print(f"  scaling {axis}={value}", file=sys.stderr, flush=True)
     n, c = (2, 64) if quick else (8, 192)
     grids = (2, 4) if quick else (4, 8, 16, 24)
     for g in grids:
-        row = measure(attention_item(n, g, c, c // 32, "pre"), "fwd+bwd", 2 if quick else 5, 1)
+        row = measure(attention_item(n, g, c, c // 32, "pre"), "fwd+bwd", 2 if quick else 5, 1,
+                      settle_s=settle)
         tokens = g * g
         quadratic = 2 * tokens * tokens * c  # q k^T and A v; the rest is linear in T
         out["attention"].append({
@@ -692,7 +714,8 @@ def format_header(info, peak):
         f"Median of repeated runs after a warm-up; torch is the NCHW twin with the same weights. "
         f"Matmul peak (1024x1024 float32): numpy {peak['numpy']:.1f} GFLOP/s, "
         f"torch {peak['torch']:.1f} GFLOP/s. Peak RSS growth of a training step: each "
-        f"framework in a fresh process of its own; of an op: in this process.\n"
+        f"framework in a fresh process of its own; of an op: in this process. "
+        f"Allocator: glibc's defaults for both.\n"
     )
 
 

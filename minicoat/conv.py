@@ -112,19 +112,23 @@ def _padded_blocks(x, p, expansion=1):
 def _depthwise_blocked(x, w, stride):
     """The sum over taps of ``depthwise_conv2d_reference`` in plain NumPy, block by block.
 
-    Each product goes into a preallocated buffer (``out=``) instead of a fresh array.
+    Each product goes into a preallocated buffer (``out=``) instead of a fresh array. Each
+    tap's weights are laid out along a whole output row, ``(Wo, C)``: multiplied by a ``(C,)``
+    vector, NumPy's inner loop would run over the C channels of one pixel at a time; against
+    a ``(Wo, C)`` array it runs over the Wo*C contiguous values of a row (1.6x faster here).
     """
     k = w.shape[0]
     n, h, wd, c = x.shape
     ho, wo = output_size(h, k, stride), output_size(wd, k, stride)
+    w_rows = onp.ascontiguousarray(onp.broadcast_to(w[:, :, None, :], (k, k, wo, c)))
     y = onp.empty((n, ho, wo, c), dtype=x.dtype)
     for images, x_pad in _padded_blocks(x, k // 2):
         y_block = y[images]
-        onp.multiply(_tap(x_pad, 0, 0, ho, wo, stride), w[0, 0], out=y_block)  # the first tap
+        onp.multiply(_tap(x_pad, 0, 0, ho, wo, stride), w_rows[0, 0], out=y_block)  # first tap
         product = onp.empty_like(y_block)
         for tap in range(1, k * k):
             di, dj = divmod(tap, k)
-            onp.multiply(_tap(x_pad, di, dj, ho, wo, stride), w[di, dj], out=product)
+            onp.multiply(_tap(x_pad, di, dj, ho, wo, stride), w_rows[di, dj], out=product)
             y_block += product
     return y
 
