@@ -117,23 +117,31 @@ def _batch_norm_train(x, gamma, beta, mean, var, eps):
     return blockwise(lambda x: (x - mean) * scale + beta, x)
 
 
-def _batch_norm_backward(x, g, gamma, mean, var, eps):
+def _gradient_sums(x_rows, g_rows, mean):
+    """Per channel, ``(sum g, sum g (x - mean))`` over the rows ``(M, C)``, block by block."""
+    g_sum = g_rows.sum(axis=0)
+    g_dot_centered = onp.zeros_like(g_sum)
+    for part in row_blocks(x_rows):
+        g_dot_centered += onp.einsum("mc,mc->c", g_rows[part], x_rows[part] - mean)
+    return g_sum, g_dot_centered
+
+
+def _batch_norm_backward(x, g, gamma, mean, var, eps, sums=None):
     """Gradients ``(d_x, d_gamma, d_beta)`` of training-mode BatchNorm (plain NumPy).
 
     With ``x_hat = (x - mean) / std``: ``d_beta = sum g``, ``d_gamma = sum g x_hat``, and
     ``d_x = gamma / std * (g - mean(g) - x_hat mean(g x_hat))``, the mean and variance's own
     dependence on ``x`` giving the two subtracted terms. Block by block, so that no full-size
-    temporary is made besides ``d_x`` itself.
+    temporary is made besides ``d_x`` itself. ``sums`` are ``_gradient_sums``, when the caller
+    has already made them.
     """
     c = x.shape[-1]
     n = x.size // c
     inv_std = 1.0 / onp.sqrt(var + eps)
-    g_rows, x_rows = g.reshape(-1, c), x.reshape(-1, c)
-    d_beta = g_rows.sum(axis=0)
-    d_gamma = onp.zeros_like(d_beta)
-    for part in row_blocks(x_rows):
-        d_gamma += onp.einsum("mc,mc->c", g_rows[part], x_rows[part] - mean)
-    d_gamma *= inv_std
+    if sums is None:
+        sums = _gradient_sums(x.reshape(-1, c), g.reshape(-1, c), mean)
+    d_beta, g_dot_centered = sums
+    d_gamma = g_dot_centered * inv_std
     scale = gamma * inv_std
     centered_coef = scale * inv_std * d_gamma * (1.0 / n)
     shift = scale * d_beta * (1.0 / n)
@@ -197,17 +205,26 @@ def _batch_norm_gelu_train_vjp(argnums, y, args, kwargs):
     x, gamma, beta, mean, var, eps, approximate = args
 
     def vjp(g):
-        # The BatchNorm output z, the GELU's input, was not stored: recompute it block by
-        # block from x, take the GELU's gradient d_z = g GELU'(z) (GELU'(z) reads Phi(z) back
-        # from the output y, as in activations.gelu), then BatchNorm's backward pass.
         x_value = onp.asarray(x)
+        c = x_value.shape[-1]
         scale = gamma / onp.sqrt(var + eps)
-
-        def d_z(x, y, g):
-            return g * gelu_derivative((x - mean) * scale + beta, y, approximate)
-
-        g_z = blockwise(d_z, x_value, y, g)
-        grads = dict(enumerate(_batch_norm_backward(x_value, g_z, gamma, mean, var, eps)))
+        x_rows, y_rows, g_rows = (a.reshape(-1, c) for a in (x_value, y, g))
+        g_z = onp.empty_like(g_rows)  # the gradient w.r.t. z = BatchNorm(x), the GELU's input
+        g_sum, g_dot_centered = onp.zeros(c, g_z.dtype), onp.zeros(c, g_z.dtype)
+        for part in row_blocks(x_rows):
+            # z was not stored: recompute it from x, then g_z = g GELU'(z), GELU'(z) reading
+            # Phi(z) back from the output y (as activations.gelu does) ...
+            centered = x_rows[part] - mean
+            z = centered * scale + beta
+            g_z[part] = g_rows[part] * gelu_derivative(z, y_rows[part], approximate)
+            # ... and, while the block is in the cache, BatchNorm's two sums over it
+            g_sum += g_z[part].sum(axis=0)
+            g_dot_centered += onp.einsum("mc,mc->c", g_z[part], centered)
+        grads = _batch_norm_backward(
+            x_value, g_z.reshape(x_value.shape), gamma, mean, var, eps,
+            sums=(g_sum, g_dot_centered),
+        )
+        grads = dict(enumerate(grads))
         return tuple(grads[i] for i in argnums)
 
     return vjp
