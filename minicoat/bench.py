@@ -191,6 +191,7 @@ def _op_item(name, shape, flops, f, inputs, f_torch, torch_inputs):
     g = rng.standard_normal(np.shape(y)).astype(np.asarray(y).dtype)
     with torch.no_grad():
         g_torch = torch.from_numpy(g.copy()).reshape(f_torch(*torch_inputs).shape)
+
     def numpy_fwd_bwd():
         vjp, _ = autodiff.make_vjp(lambda args: f(*args), tuple(inputs))
         return vjp(g)
@@ -217,6 +218,7 @@ def _module_item(name, shape, flops, f, x, params, module, x_torch):
     y = f(x, params)
     g = np.random.default_rng(1).standard_normal(y.shape).astype(y.dtype)
     g_torch = _nchw(torch, g)
+
     def numpy_fwd_bwd():
         vjp, _ = autodiff.make_vjp(lambda args: f(*args), (x, params))
         return vjp(g)
