@@ -42,7 +42,7 @@ def row_blocks(rows):
     return [slice(start, start + step) for start in range(0, len(rows), step)]
 
 
-def blockwise(f, *arrays):
+def blockwise(f, *arrays, out=None):
     """``f(*arrays)`` for same-shaped arrays, evaluated ~64K elements (whole rows) at a time.
 
     ``f`` must act row by row on the last axis: elementwise, or broadcasting a per-channel
@@ -51,17 +51,25 @@ def blockwise(f, *arrays):
     memory once per pass and allocates a full-size temporary per step; on blocks that fit in
     the cache the same passes run ~1.8x faster (measured at MBConv shapes) and temporaries
     stay block-sized. Small inputs go in one call. Plain NumPy (for primitives).
+
+    ``out``: a contiguous array of the same shape to write the result into (it may be one of
+    the inputs: each block is read before its result is written), instead of a new one.
     """
     arrays = [onp.asarray(a) for a in arrays]
     shape = arrays[0].shape
     if arrays[0].size <= 2 * BLOCK:
-        return f(*arrays)
+        if out is None:
+            return f(*arrays)
+        out[...] = f(*arrays)
+        return out
     width = shape[-1] if len(shape) > 1 else 1
     rows = [onp.reshape(a, (-1, width)) for a in arrays]
-    out = onp.empty(rows[0].shape, dtype=onp.result_type(*arrays))
-    for part in row_blocks(out):
-        out[part] = f(*(r[part] for r in rows))
-    return out.reshape(shape)
+    if out is None:
+        out = onp.empty(shape, dtype=onp.result_type(*arrays))
+    out_rows = out.reshape(-1, width)  # a view: out is contiguous
+    for part in row_blocks(out_rows):
+        out_rows[part] = f(*(r[part] for r in rows))
+    return out
 
 
 # Abramowitz & Stegun 7.1.26: for u >= 0, erfc(u) = t (a1 + a2 t + ... + a5 t^4) exp(-u^2)

@@ -126,14 +126,14 @@ def _gradient_sums(x_rows, g_rows, mean):
     return g_sum, g_dot_centered
 
 
-def _batch_norm_backward(x, g, gamma, mean, var, eps, sums=None):
+def _batch_norm_backward(x, g, gamma, mean, var, eps, sums=None, out=None):
     """Gradients ``(d_x, d_gamma, d_beta)`` of training-mode BatchNorm (plain NumPy).
 
     With ``x_hat = (x - mean) / std``: ``d_beta = sum g``, ``d_gamma = sum g x_hat``, and
     ``d_x = gamma / std * (g - mean(g) - x_hat mean(g x_hat))``, the mean and variance's own
     dependence on ``x`` giving the two subtracted terms. Block by block, so that no full-size
     temporary is made besides ``d_x`` itself. ``sums`` are ``_gradient_sums``, when the caller
-    has already made them.
+    has already made them; ``out`` receives ``d_x`` (it may be ``g``, if the caller owns it).
     """
     c = x.shape[-1]
     n = x.size // c
@@ -145,7 +145,7 @@ def _batch_norm_backward(x, g, gamma, mean, var, eps, sums=None):
     scale = gamma * inv_std
     centered_coef = scale * inv_std * d_gamma * (1.0 / n)
     shift = scale * d_beta * (1.0 / n)
-    d_x = blockwise(lambda x, g: g * scale - (x - mean) * centered_coef - shift, x, g)
+    d_x = blockwise(lambda x, g: g * scale - (x - mean) * centered_coef - shift, x, g, out=out)
     return d_x, d_gamma, d_beta
 
 
@@ -220,9 +220,9 @@ def _batch_norm_gelu_train_vjp(argnums, y, args, kwargs):
             # ... and, while the block is in the cache, BatchNorm's two sums over it
             g_sum += g_z[part].sum(axis=0)
             g_dot_centered += onp.einsum("mc,mc->c", g_z[part], centered)
-        grads = _batch_norm_backward(
-            x_value, g_z.reshape(x_value.shape), gamma, mean, var, eps,
-            sums=(g_sum, g_dot_centered),
+        g_z = g_z.reshape(x_value.shape)
+        grads = _batch_norm_backward(  # d_x overwrites g_z, a full-size array fewer
+            x_value, g_z, gamma, mean, var, eps, sums=(g_sum, g_dot_centered), out=g_z
         )
         grads = dict(enumerate(grads))
         return tuple(grads[i] for i in argnums)
