@@ -524,7 +524,7 @@ def run_table(quick, only=None, repeats=None):
 def run_scaling(quick):
     """Step time and memory against batch, image size and depth; attention against tokens."""
     base = preset(PRESET)
-    reps = 1 if quick else 3
+    reps = 1 if quick else 5
     settle = 0.0 if quick else 0.25
     out = {"batch": [], "image": [], "depth": [], "attention": []}
     batches, images = ((2, 4, 8), (16, 32)) if quick else ((8, 32, 128), (16, 32, 64))
