@@ -45,14 +45,16 @@ def _map_leaves(f, tree):
 def make_vjp(fun, x):
     """``(vjp, fun(x))`` like ``autograd.make_vjp(fun)(x)``: ``vjp(g)`` is ``g`` times the Jacobian.
 
-    ``x`` is an array or nested dicts / lists / tuples of arrays; ``g`` has the shape of
-    ``fun(x)``; ``vjp(g)`` has the structure of ``x``. The backward pass frees what the forward
-    pass saved, so ``vjp`` can be called only once.
+    ``x`` is an array or nested dicts / lists / tuples of arrays (None leaves pass through and
+    get None); ``g`` has the shape of ``fun(x)``; ``vjp(g)`` has the structure of ``x``. The
+    backward pass frees what the forward pass saved, so ``vjp`` can be called only once.
     """
     with trace_stack.new_trace() as trace:
         roots = []
 
         def root_box(leaf):  # each leaf: its own box, recorded by its own root node
+            if leaf is None:  # an optional input left out: nothing to differentiate
+                return None
             roots.append((VJPNode.new_root(), leaf))
             return new_box(leaf, trace, roots[-1][0])
 
@@ -72,7 +74,7 @@ def make_vjp(fun, x):
             vspace(leaf).zeros() if grad is None else grad
             for (_, leaf), grad in zip(roots, grads, strict=True)
         )
-        return _map_leaves(lambda _: next(leaf_grads), x)
+        return _map_leaves(lambda leaf: None if leaf is None else next(leaf_grads), x)
 
     return vjp, value
 

@@ -94,6 +94,15 @@ def test_gradient_tree_keeps_the_structure_with_unused_and_repeated_leaves():
         assert np.array_equal(ours, theirs)
 
 
+def test_none_leaves_pass_through():
+    x, w = np.arange(3.0), np.ones((3, 2))
+    vjp, y = autodiff.make_vjp(lambda args: mc.linear(*args), (x, w, None))
+    dx, dw, db = vjp(np.ones(2))
+    assert db is None
+    assert np.array_equal(dx, np.full(3, 2.0))  # d(x @ w)/dx = w 1
+    assert np.array_equal(dw, np.outer(x, np.ones(2)))  # d(x @ w)/dw = x 1^T
+
+
 def test_value_and_grad_needs_a_scalar_and_handles_a_constant():
     with pytest.raises(TypeError, match="scalar loss"):
         autodiff.value_and_grad(lambda x: 2.0 * x)(np.ones(3))
