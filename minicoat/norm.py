@@ -253,10 +253,10 @@ def batch_norm_gelu(
         ``(y, new_running)``: ``y`` has the shape of ``x``; ``new_running`` is a new dict.
     """
     check_approximate(approximate)
-    _, n = _check_batch_norm_args(x, gamma, beta, running, train)
-    if not train:
+    if not train:  # batch_norm checks the arguments
         y, running = batch_norm(x, gamma, beta, running, train=False, eps=eps)
         return gelu(y, approximate), running
+    _, n = _check_batch_norm_args(x, gamma, beta, running, train)
     mean, var = _channel_moments(onp.asarray(getval(x)))
     y = _batch_norm_gelu_train(x, gamma, beta, mean, var, eps, approximate)
     return y, _updated_running(running, mean, var, n, momentum)
