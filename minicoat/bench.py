@@ -27,8 +27,11 @@ How it measures:
   forward+backward (each product appears once more for each of its two inputs), divided by
   the median time, and shown against each framework's own float32 1024x1024 matmul rate
   measured in the same run;
-* threads: ``torch.get_num_threads()``; NumPy's BLAS threads via ``threadpoolctl`` when it is
-  installed, else "unknown" (NumPy's elementwise ufuncs are single-threaded either way).
+* threads: ``torch.get_num_threads()``; NumPy's BLAS threads via ``threadpoolctl`` (NumPy's
+  elementwise ufuncs are single-threaded either way);
+* BLAS kernels: the set NumPy's OpenBLAS runs, e.g. "SkylakeX (OPENBLAS_CORETYPE)" when the
+  ``minicoat`` command set it because OpenBLAS took this AVX-512 CPU for an AVX2 one
+  (``minicoat.blas``), "Haswell (detected)" when OpenBLAS chose (``MINICOAT_BLAS_AUTO=0``).
 
 torch is needed for the twin (``pip install -e '.[test]'``); the core never imports it.
 """
@@ -578,6 +581,7 @@ def machine_info():
         "torch_threads": torch.get_num_threads(),
         "numpy_blas": _blas_name(),
         "numpy_blas_threads": _numpy_blas_threads(),
+        "numpy_blas_kernels": _numpy_blas_kernels(),
         "thread_env": {k: v for k, v in os.environ.items() if k.endswith("_NUM_THREADS")},
         "load_average_at_start": _load_average(),
     }
@@ -625,13 +629,32 @@ def _blas_name():
         return "unknown"
 
 
-def _numpy_blas_threads():
+def _numpy_openblas():
+    """NumPy's OpenBLAS as ``threadpoolctl`` reports it (kernel set, threads), or None."""
     try:
         from threadpoolctl import threadpool_info
     except ImportError:
+        return None
+    for lib in threadpool_info():
+        if lib.get("internal_api") == "openblas" and "numpy" in lib.get("filepath", ""):
+            return lib
+    return None
+
+
+def _numpy_blas_threads():
+    lib = _numpy_openblas()
+    return lib["num_threads"] if lib else "unknown"
+
+
+def _numpy_blas_kernels():
+    """OpenBLAS's kernel set and who chose it: "SkylakeX (detected)", or "Haswell (forced by
+    OPENBLAS_CORETYPE=Haswell)" when the environment overrides the detection."""
+    lib = _numpy_openblas()
+    if not lib:
         return "unknown"
-    counts = [p["num_threads"] for p in threadpool_info() if p.get("user_api") == "blas"]
-    return counts[0] if counts else "unknown"
+    forced = os.environ.get("OPENBLAS_CORETYPE")
+    how = f"forced by OPENBLAS_CORETYPE={forced}" if forced else "detected"
+    return f"{lib.get('architecture')} ({how})"
 
 
 def _fmt(value, spec=".1f"):
@@ -709,7 +732,8 @@ def format_scaling(scaling):
 def format_header(info, peak):
     return (
         f"minicoat bench, {info['date']}: {info['cpu_model']}, {info['nproc']} cores, "
-        f"{info['ram_gb']} GB RAM; numpy {info['numpy']} ({info['numpy_blas']}, BLAS threads "
+        f"{info['ram_gb']} GB RAM; numpy {info['numpy']} ({info['numpy_blas']}, "
+        f"{info.get('numpy_blas_kernels', 'unknown')} kernels, BLAS threads "
         f"{info['numpy_blas_threads']}), torch {info['torch']} (threads "
         f"{info['torch_threads']}), float32; load average {info['load_average_at_start']} at "
         f"the start, {info.get('load_average_at_end')} at the end.\n"
