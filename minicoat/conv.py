@@ -25,6 +25,7 @@ import autograd.numpy as np
 import numpy as onp
 from autograd.extend import defvjp, defvjp_argnums, primitive
 
+from .activations import column_sums
 from .checks import check_float, check_odd_kernel, check_rank, check_same_dtype, check_stride
 
 
@@ -340,7 +341,7 @@ def _matmul_last_vjp(argnums, y, args, kwargs):
         if 1 in argnums:  # d_w = x^T g, summed over all M rows in the one product
             grads[1] = onp.reshape(x, (-1, x.shape[-1])).T @ g_rows
         if 2 in argnums:  # d_b = sum of g over the rows
-            grads[2] = g_rows.sum(axis=0)
+            grads[2] = column_sums(g_rows)
         return tuple(grads[i] for i in argnums)
 
     return vjp

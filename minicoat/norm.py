@@ -17,9 +17,12 @@ from autograd.tracer import getval
 from .activations import (
     blockwise,
     check_approximate,
+    column_dots,
+    column_sums,
     gelu,
     gelu_derivative,
     gelu_values,
+    repeat_rows,
     row_blocks,
 )
 from .checks import check_float, check_same_dtype
@@ -97,11 +100,13 @@ def _channel_moments(x):
     The centred values are formed block by block (``row_blocks``), never as a full array.
     """
     rows = x.reshape(-1, x.shape[-1])  # (M, C)
-    mean = rows.sum(axis=0) * (1.0 / len(rows))
+    mean = column_sums(rows) * (1.0 / len(rows))
     var = onp.zeros_like(mean)
-    for part in row_blocks(rows):
-        centered = rows[part] - mean
-        var += onp.einsum("mc,mc->c", centered, centered)
+    parts = row_blocks(rows)
+    mean_rows = repeat_rows(mean, min(len(rows), parts[0].stop))  # (rows, C): see repeat_rows
+    for part in parts:
+        centered = rows[part] - mean_rows[: len(rows[part])]
+        var += column_dots(centered, centered, buffer=centered)
     return mean, var * (1.0 / len(rows))
 
 
@@ -113,16 +118,24 @@ def _batch_norm_train(x, gamma, beta, mean, var, eps):
     computes them once, as it also needs them for the running statistics, and the VJP
     differentiates through them as the functions of ``x`` that they are.
     """
-    scale = gamma / onp.sqrt(var + eps)
-    return blockwise(lambda x: (x - mean) * scale + beta, x)
+    return blockwise(_normalize, x, channels=(mean, gamma / onp.sqrt(var + eps), beta))
+
+
+def _normalize(x, mean, scale, beta):
+    """``(x - mean) * scale + beta`` on a block, the per-channel vectors as ``(rows, C)``."""
+    z = x - mean
+    z *= scale
+    z += beta
+    return z
 
 
 def _gradient_sums(x_rows, g_rows, mean):
     """Per channel, ``(sum g, sum g (x - mean))`` over the rows ``(M, C)``, block by block."""
-    g_sum = g_rows.sum(axis=0)
+    g_sum = column_sums(g_rows)
     g_dot_centered = onp.zeros_like(g_sum)
     for part in row_blocks(x_rows):
-        g_dot_centered += onp.einsum("mc,mc->c", g_rows[part], x_rows[part] - mean)
+        centered = x_rows[part] - mean
+        g_dot_centered += column_dots(g_rows[part], centered, buffer=centered)
     return g_sum, g_dot_centered
 
 
@@ -145,8 +158,18 @@ def _batch_norm_backward(x, g, gamma, mean, var, eps, sums=None, out=None):
     scale = gamma * inv_std
     centered_coef = scale * inv_std * d_gamma * (1.0 / n)
     shift = scale * d_beta * (1.0 / n)
-    d_x = blockwise(lambda x, g: g * scale - (x - mean) * centered_coef - shift, x, g, out=out)
+    d_x = blockwise(_input_gradient, x, g, channels=(scale, mean, centered_coef, shift), out=out)
     return d_x, d_gamma, d_beta
+
+
+def _input_gradient(x, g, scale, mean, centered_coef, shift):
+    """``d_x = g * scale - (x - mean) * centered_coef - shift`` on a block (``blockwise``)."""
+    d_x = g * scale
+    centered = x - mean
+    centered *= centered_coef
+    d_x -= centered
+    d_x -= shift
+    return d_x
 
 
 def _batch_norm_train_vjp(argnums, y, args, kwargs):
@@ -197,8 +220,10 @@ def batch_norm(x, gamma, beta, running, train, momentum=BN_MOMENTUM, eps=BN_EPS)
 @primitive
 def _batch_norm_gelu_train(x, gamma, beta, mean, var, eps, approximate):
     """``GELU(BatchNorm(x))`` in training mode; ``mean``, ``var`` as in ``_batch_norm_train``."""
-    scale = gamma / onp.sqrt(var + eps)
-    return blockwise(lambda x: gelu_values((x - mean) * scale + beta, approximate), x)
+    return blockwise(
+        lambda *block: gelu_values(_normalize(*block), approximate),
+        x, channels=(mean, gamma / onp.sqrt(var + eps), beta),
+    )
 
 
 def _batch_norm_gelu_train_vjp(argnums, y, args, kwargs):
@@ -211,15 +236,19 @@ def _batch_norm_gelu_train_vjp(argnums, y, args, kwargs):
         x_rows, y_rows, g_rows = (a.reshape(-1, c) for a in (x_value, y, g))
         g_z = onp.empty_like(g_rows)  # the gradient w.r.t. z = BatchNorm(x), the GELU's input
         g_sum, g_dot_centered = onp.zeros(c, g_z.dtype), onp.zeros(c, g_z.dtype)
-        for part in row_blocks(x_rows):
+        parts = row_blocks(x_rows)
+        block = [repeat_rows(v, min(len(x_rows), parts[0].stop)) for v in (mean, scale, beta)]
+        for part in parts:
+            mean_rows, scale_rows, beta_rows = (v[: len(x_rows[part])] for v in block)
             # z was not stored: recompute it from x, then g_z = g GELU'(z), GELU'(z) reading
             # Phi(z) back from the output y (as activations.gelu does) ...
-            centered = x_rows[part] - mean
-            z = centered * scale + beta
+            centered = x_rows[part] - mean_rows
+            z = centered * scale_rows
+            z += beta_rows
             g_z[part] = g_rows[part] * gelu_derivative(z, y_rows[part], approximate)
             # ... and, while the block is in the cache, BatchNorm's two sums over it
-            g_sum += g_z[part].sum(axis=0)
-            g_dot_centered += onp.einsum("mc,mc->c", g_z[part], centered)
+            g_sum += column_sums(g_z[part])
+            g_dot_centered += column_dots(g_z[part], centered, buffer=centered)
         g_z = g_z.reshape(x_value.shape)
         grads = _batch_norm_backward(  # d_x overwrites g_z, a full-size array fewer
             x_value, g_z, gamma, mean, var, eps, sums=(g_sum, g_dot_centered), out=g_z
@@ -308,8 +337,8 @@ def _layer_norm_vjp(argnums, y, args, kwargs):
         # means over the last axis; d_gamma = sum over rows of g x_hat, d_beta = sum of g.
         x_hat, inv_std = _normalize_rows(x, eps)  # recomputed, not stored
         g_rows = g.reshape(-1, c)
-        d_gamma = onp.einsum("mc,mc->c", g_rows, x_hat.reshape(-1, c))
-        d_beta = g_rows.sum(axis=0)
+        d_gamma = column_dots(g_rows, x_hat.reshape(-1, c))
+        d_beta = column_sums(g_rows)
         d_x_hat = g * gamma
         row_mean = d_x_hat.sum(axis=-1, keepdims=True) * (1.0 / c)
         row_proj = onp.einsum("...c,...c->...", d_x_hat, x_hat)[..., None] * (1.0 / c)

@@ -71,12 +71,25 @@ def test_gelu_matches_finite_differences(approximate):
     assert_matches_finite_differences(lambda x: mc.gelu(x, approximate), [x])
 
 
-def test_float32_normal_cdf_is_accurate_to_float32():
-    x = np.linspace(-12.0, 12.0, 200_001).astype(np.float32)
-    exact = 0.5 * scipy.special.erfc(-x.astype(np.float64) / np.sqrt(2.0))
-    fast = activations.normal_cdf_float32(x)
+def test_float32_normal_tail_is_accurate_to_float32():
+    a = np.linspace(0.0, 12.0, 100_001).astype(np.float32)
+    exact = 0.5 * scipy.special.erfc(a.astype(np.float64) / np.sqrt(2.0))  # Phi(-a)
+    fast = activations._lower_tail_float32(a)
     assert fast.dtype == np.float32
     assert np.max(np.abs(fast - exact)) <= 3e-7  # A&S 7.1.26: 7.5e-8, plus float32 rounding
+
+
+def test_float32_gelu_keeps_relative_precision_in_both_tails():
+    # max(x, 0) - |x| Phi(-|x|) has no 1 + erf(x) to cancel: far left, GELU(-9) ~ -1e-18 keeps
+    # its size to A&S's relative error (1.5% there; 1 + erf in float32 rounds it to 0), and far
+    # right it is x to the last bit.
+    x = np.array([-9.0, -6.0, -3.0, 3.0, 6.0, 1e4], dtype=np.float32)
+    exact = x.astype(np.float64) * 0.5 * scipy.special.erfc(-x.astype(np.float64) / np.sqrt(2.0))
+    fast = activations.gelu_float32(x)
+    assert fast.dtype == np.float32
+    np.testing.assert_allclose(fast[:3], exact[:3], rtol=2e-2)
+    np.testing.assert_array_equal(fast[-2:], x[-2:])
+    assert np.all(fast[:3] < 0)
 
 
 def test_float32_gelu_and_gradient_are_close_to_exact():
@@ -100,6 +113,37 @@ def test_blockwise_equals_one_call():
         return a * b + anp.tanh(a)
 
     np.testing.assert_array_equal(activations.blockwise(f, x, g), f(x, g))
+
+
+@pytest.mark.parametrize("rows", [7, activations.BLOCK // 16 * 3 + 5])  # one block; several
+def test_blockwise_channels_are_the_broadcast_vectors(rows):
+    rng = np.random.default_rng(2)
+    x = normal(rng, rows, 16).astype(np.float32)
+    mean, scale = normal(rng, 16).astype(np.float32), normal(rng, 16).astype(np.float32)
+
+    def f(x, mean, scale):
+        assert mean.shape == scale.shape == x.shape  # written out over the block's rows
+        return (x - mean) * scale
+
+    np.testing.assert_array_equal(
+        activations.blockwise(f, x, channels=(mean, scale)), (x - mean) * scale
+    )
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 3), (300, 32), (4096, 7)])
+def test_column_sums_and_dots_equal_numpy(shape, dtype):
+    rng = np.random.default_rng(3)
+    a, b = normal(rng, *shape).astype(dtype), normal(rng, *shape).astype(dtype)
+    sums, dots = activations.column_sums(a), activations.column_dots(a, b)
+    assert sums.dtype == dots.dtype == dtype and sums.shape == dots.shape == shape[1:]
+    tol = 1e-5 if dtype == np.float32 else 1e-12  # both add in the array's dtype
+    exact_sums = a.astype(np.float64).sum(axis=0)
+    exact_dots = (a.astype(np.float64) * b).sum(axis=0)
+    np.testing.assert_allclose(sums, exact_sums, rtol=tol, atol=tol * np.sqrt(shape[0]))
+    np.testing.assert_allclose(dots, exact_dots, rtol=tol, atol=tol * np.sqrt(shape[0]))
+    buffer = np.empty_like(a)
+    np.testing.assert_array_equal(activations.column_dots(a, b, buffer=buffer), dots)
 
 
 # -- convolutions -----------------------------------------------------------------------
