@@ -37,9 +37,14 @@ BLOCK = 1 << 16  # elements per block: 256 KiB of float32, which stays in the L2
 
 
 def row_blocks(rows):
-    """Slices of ~``BLOCK`` elements (whole rows) over the rows of a 2-D array."""
+    """Slices of ~``BLOCK`` elements (whole rows) over the rows of a 2-D array.
+
+    An array of at most ``2 * BLOCK`` elements is one slice.
+    """
+    if rows.size <= 2 * BLOCK:
+        return [slice(0, len(rows))]
     step = max(1, BLOCK // max(1, rows.shape[1]))
-    return [slice(start, start + step) for start in range(0, len(rows), step)]
+    return [slice(start, min(len(rows), start + step)) for start in range(0, len(rows), step)]
 
 
 def repeat_rows(vector, rows):
@@ -53,6 +58,19 @@ def repeat_rows(vector, rows):
     return onp.ascontiguousarray(onp.broadcast_to(vector, (rows, len(vector))))
 
 
+def channel_blocks(rows, *vectors):
+    """Yield ``(part, *vector_blocks)`` for each slice ``part`` of ``row_blocks(rows)``.
+
+    ``rows`` is ``(M, C)`` and each vector ``(C,)``; each comes out as ``(len(rows[part]), C)``,
+    written out once (``repeat_rows``) and sliced for every block.
+    """
+    parts = row_blocks(rows)
+    written = [repeat_rows(v, parts[0].stop - parts[0].start) for v in vectors]
+    for part in parts:
+        m = part.stop - part.start
+        yield (part, *(w[:m] for w in written))
+
+
 def blockwise(f, *arrays, channels=(), out=None):
     """``f(*arrays, *channels)`` for same-shaped arrays, ~64K elements (whole rows) at a time.
 
@@ -64,7 +82,7 @@ def blockwise(f, *arrays, channels=(), out=None):
     block-sized. Small inputs go in one block. Plain NumPy (for primitives).
 
     ``channels``: per-channel vectors ``(C,)``, C the arrays' last axis. ``f`` receives each
-    as ``(rows, C)``, the shape of the blocks it comes with (``repeat_rows``).
+    as ``(rows, C)``, the shape of the blocks it comes with (``channel_blocks``).
     ``out``: a contiguous array of the same shape to write the result into (it may be one of
     the inputs: each block is read before its result is written), instead of a new one.
     """
@@ -75,12 +93,8 @@ def blockwise(f, *arrays, channels=(), out=None):
     if out is None:
         out = onp.empty(shape, dtype=onp.result_type(*arrays))
     out_rows = out.reshape(-1, width)  # a view: out is contiguous
-    n = len(out_rows)
-    parts = [slice(0, n)] if out_rows.size <= 2 * BLOCK else row_blocks(out_rows)
-    vectors = [repeat_rows(v, min(n, parts[0].stop)) for v in channels]
-    for part in parts:
-        m = min(n, part.stop) - part.start
-        out_rows[part] = f(*(r[part] for r in rows), *(v[:m] for v in vectors))
+    for part, *vectors in channel_blocks(out_rows, *channels):
+        out_rows[part] = f(*(r[part] for r in rows), *vectors)
     return out
 
 

@@ -29,9 +29,10 @@ How it measures:
   measured in the same run;
 * threads: ``torch.get_num_threads()``; NumPy's BLAS threads via ``threadpoolctl`` (NumPy's
   elementwise ufuncs are single-threaded either way);
-* BLAS kernels: the set NumPy's OpenBLAS runs, e.g. "SkylakeX (OPENBLAS_CORETYPE)" when the
-  ``minicoat`` command set it because OpenBLAS took this AVX-512 CPU for an AVX2 one
-  (``minicoat.blas``), "Haswell (detected)" when OpenBLAS chose (``MINICOAT_BLAS_AUTO=0``).
+* BLAS kernels: the set NumPy's OpenBLAS runs (``threadpoolctl``), and whether OpenBLAS
+  detected it or the environment forced it (``OPENBLAS_CORETYPE``). A machine that pins an
+  older set (``Haswell``, AVX2) on an AVX-512 CPU halves NumPy's matrix products while torch
+  still runs AVX-512 kernels: benchmark with the pin unset (``docs/performance.md``).
 
 torch is needed for the twin (``pip install -e '.[test]'``); the core never imports it.
 """

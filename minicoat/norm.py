@@ -16,14 +16,13 @@ from autograd.tracer import getval
 
 from .activations import (
     blockwise,
+    channel_blocks,
     check_approximate,
     column_dots,
     column_sums,
     gelu,
     gelu_derivative,
     gelu_values,
-    repeat_rows,
-    row_blocks,
 )
 from .checks import check_float, check_same_dtype
 
@@ -97,15 +96,13 @@ def batch_norm_reference(x, gamma, beta, running, train, momentum=BN_MOMENTUM, e
 def _channel_moments(x):
     """Per-channel mean and biased variance of ``x`` over all axes but the last (plain NumPy).
 
-    The centred values are formed block by block (``row_blocks``), never as a full array.
+    The centred values are formed block by block (``channel_blocks``), never as a full array.
     """
     rows = x.reshape(-1, x.shape[-1])  # (M, C)
     mean = column_sums(rows) * (1.0 / len(rows))
     var = onp.zeros_like(mean)
-    parts = row_blocks(rows)
-    mean_rows = repeat_rows(mean, min(len(rows), parts[0].stop))  # (rows, C): see repeat_rows
-    for part in parts:
-        centered = rows[part] - mean_rows[: len(rows[part])]
+    for part, mean_rows in channel_blocks(rows, mean):
+        centered = rows[part] - mean_rows
         var += column_dots(centered, centered, buffer=centered)
     return mean, var * (1.0 / len(rows))
 
@@ -133,8 +130,8 @@ def _gradient_sums(x_rows, g_rows, mean):
     """Per channel, ``(sum g, sum g (x - mean))`` over the rows ``(M, C)``, block by block."""
     g_sum = column_sums(g_rows)
     g_dot_centered = onp.zeros_like(g_sum)
-    for part in row_blocks(x_rows):
-        centered = x_rows[part] - mean
+    for part, mean_rows in channel_blocks(x_rows, mean):
+        centered = x_rows[part] - mean_rows
         g_dot_centered += column_dots(g_rows[part], centered, buffer=centered)
     return g_sum, g_dot_centered
 
@@ -236,10 +233,7 @@ def _batch_norm_gelu_train_vjp(argnums, y, args, kwargs):
         x_rows, y_rows, g_rows = (a.reshape(-1, c) for a in (x_value, y, g))
         g_z = onp.empty_like(g_rows)  # the gradient w.r.t. z = BatchNorm(x), the GELU's input
         g_sum, g_dot_centered = onp.zeros(c, g_z.dtype), onp.zeros(c, g_z.dtype)
-        parts = row_blocks(x_rows)
-        block = [repeat_rows(v, min(len(x_rows), parts[0].stop)) for v in (mean, scale, beta)]
-        for part in parts:
-            mean_rows, scale_rows, beta_rows = (v[: len(x_rows[part])] for v in block)
+        for part, mean_rows, scale_rows, beta_rows in channel_blocks(x_rows, mean, scale, beta):
             # z was not stored: recompute it from x, then g_z = g GELU'(z), GELU'(z) reading
             # Phi(z) back from the output y (as activations.gelu does) ...
             centered = x_rows[part] - mean_rows
