@@ -41,9 +41,20 @@ def test_quick_bench_writes_every_row(tmp_path, capsys):
     assert result["matmul_peak_gflops"]["numpy"] > 0 and result["matmul_peak_gflops"]["torch"] > 0
     machine = result["machine"]
     assert machine["torch_threads"] >= 1 and "numpy_blas_threads" in machine
+    assert machine["numpy_blas_kernels"]  # "unknown" where NumPy's BLAS is not OpenBLAS
     printed = capsys.readouterr().out
     assert "| name | mode | shape | numpy ms | torch ms | numpy/torch" in printed
     assert "train step coatnet-cifar" in printed
+
+
+def test_blas_kernels_say_who_chose_them(monkeypatch):
+    monkeypatch.setattr(bench, "_numpy_openblas", lambda: {"architecture": "Haswell"})
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    assert bench._numpy_blas_kernels() == "Haswell (forced by OPENBLAS_CORETYPE=Haswell)"
+    monkeypatch.delenv("OPENBLAS_CORETYPE")
+    assert bench._numpy_blas_kernels() == "Haswell (detected)"
+    monkeypatch.setattr(bench, "_numpy_openblas", lambda: None)  # MKL, or no threadpoolctl
+    assert bench._numpy_blas_kernels() == "unknown"
 
 
 def test_quick_scaling_covers_every_axis(tmp_path):
