@@ -141,7 +141,8 @@ def _lower_tail_float32(a):
     for coefficient in reversed(_AS_A[:4]):
         q += 0.5 * coefficient
         q *= t
-    gauss = a * a
+    with onp.errstate(over="ignore"):  # a > 1.8e19: a * a = inf, and exp(-inf) = 0 as it should
+        gauss = a * a
     gauss *= -0.5
     onp.exp(gauss, out=gauss)  # exp(-u^2)
     q *= gauss
@@ -153,16 +154,17 @@ def gelu_float32(x):
 
     For ``x >= 0``, ``x Phi(x) = x (1 - Phi(-x)) = x - x Phi(-x)``; for ``x < 0`` it is
     ``x Phi(x) = -|x| Phi(-|x|)``: both are ``max(x, 0) - |x| Phi(-|x|)``, with no sign to
-    restore (``Phi(x)`` itself would need 5 more passes for it). ``max(x, 0)`` is ``(x + |x|) / 2``,
-    exact in floating point and 4x faster here than ``np.maximum(x, 0.0)``. Far to the left
-    the tiny negative values keep their size (to A&S's relative error, 1.5% at ``x = -9``),
-    where ``1 + erf(x / sqrt 2)`` in float32 would round them to 0.
+    restore (``Phi(x)`` itself would need 5 more passes for it). ``max(x, 0)`` is
+    ``x / 2 + |x| / 2``, exact in floating point and 3x faster here than ``np.maximum(x, 0.0)``.
+    Far to the left the tiny negative values keep their size (to A&S's relative error, 1.5% at
+    ``x = -9``), where ``1 + erf(x / sqrt 2)`` in float32 would round them to 0.
     """
     a = onp.abs(x)
     tail = _lower_tail_float32(a)
     tail *= a  # |x| Phi(-|x|)
-    y = x + a
-    y *= 0.5  # max(x, 0)
+    a *= 0.5
+    y = x * 0.5
+    y += a  # max(x, 0), halved first so that x + |x| cannot overflow near the float32 maximum
     y -= tail
     return y
 
