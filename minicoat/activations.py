@@ -197,10 +197,10 @@ def gelu_derivative(x, y, approximate):
     ``0.5 (1 + t) + 0.5 x (1 - t^2) du/dx``.
     """
     if approximate == "none":
-        with onp.errstate(divide="ignore", invalid="ignore"):
+        with onp.errstate(divide="ignore", invalid="ignore", over="ignore"):
             derivative = y / x  # Phi(x)
+            density = onp.square(x)  # then x phi(x), in place: ~15% faster than in new arrays
         derivative[onp.abs(x) < _TINY] = 0.5
-        density = onp.square(x)  # then x phi(x), in place: ~15% faster than in new arrays
         density *= -0.5
         onp.exp(density, out=density)
         density *= x

@@ -7,6 +7,8 @@ blocked implementations (several blocks, a ragged last block), plus odd sizes an
 The float32-only erf approximation is checked against float64 to float32 accuracy.
 """
 
+import warnings
+
 import autograd
 import autograd.numpy as anp
 import numpy as np
@@ -90,6 +92,12 @@ def test_float32_gelu_keeps_relative_precision_in_both_tails():
     np.testing.assert_allclose(fast[:3], exact[:3], rtol=2e-2)
     np.testing.assert_array_equal(fast[-3:], x[-3:])  # 3e38: no overflow on the way
     assert np.all(fast[:3] < 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # x * x overflows inside; nothing may leak out as inf
+        vjp, y = autograd.make_vjp(mc.gelu)(x)
+        slope = vjp(np.ones_like(x))
+    np.testing.assert_array_equal(y[-3:], x[-3:])
+    np.testing.assert_allclose(slope[-3:], 1.0, rtol=1e-6)
 
 
 def test_float32_gelu_and_gradient_are_close_to_exact():
