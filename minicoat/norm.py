@@ -239,7 +239,7 @@ def _batch_norm_gelu_train_vjp(argnums, y, args, kwargs):
             centered = x_rows[part] - mean_rows
             z = centered * scale_rows
             z += beta_rows
-            g_z[part] = g_rows[part] * gelu_derivative(z, y_rows[part], approximate)
+            onp.multiply(g_rows[part], gelu_derivative(z, y_rows[part], approximate), out=g_z[part])
             # ... and, while the block is in the cache, BatchNorm's two sums over it
             g_sum += column_sums(g_z[part])
             g_dot_centered += column_dots(g_z[part], centered, buffer=centered)
