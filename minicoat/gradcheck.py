@@ -39,7 +39,7 @@ def numerical_gradient(f, x, eps=1e-6):
 
 
 def numerical_vjp(f, x, upstream, eps=1e-6):
-    """Centred-difference vector-Jacobian product ``upstream . df/dx`` of an array function.
+    """Centred-difference vector-Jacobian product (``upstream`` times ``df/dx``) of ``f``.
 
     This is the gradient of ``sum(f(x) * upstream)``: what reverse mode computes for a layer
     inside a network, given the gradient ``upstream`` flowing back into its output.
