@@ -31,3 +31,14 @@ def test_readme_first_screen_has_the_two_commands():
 def test_ci_runs_the_readme_test_command():
     ci = ROOT.joinpath(".ci", "run").read_text()
     assert 'pip install --quiet -e ".[test]"' in ci and "\npytest\n" in ci
+
+
+def test_the_readme_test_command_reaches_the_site_test():
+    """`pip install -e ".[test]"` brings the docs tooling, and CI brings Chromium, so the
+    README's test command builds the course site and checks it in a browser (test_site.py)."""
+    pyproject = ROOT.joinpath("pyproject.toml").read_text()
+    test_extra = re.search(r"^test = \[(.*?)^\]", pyproject, re.M | re.S).group(1)
+    assert '"minicoat[docs]"' in test_extra and '"selenium' in test_extra
+    ci = ROOT.joinpath(".ci", "run").read_text()
+    assert "apt-get install" in ci and "chromium chromium-driver" in ci
+    assert ci.index("chromium-driver") < ci.index("\npytest\n")
