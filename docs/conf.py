@@ -5,7 +5,7 @@
 builds the site offline, warnings as errors. Besides the pages of ``docs/`` it renders the
 tutorials (``notebooks/*.py``, executed at build time in their quick configuration), the
 course assignments as students get them (``minicoat.assignments.build``) and an API reference
-generated from the docstrings; ``_ext/coursesite.py`` generates those pages, the navigation
+generated from the docstrings; ``_ext/coursesite/`` generates those pages, the navigation
 and the links between them (read it before adding a kind of page).
 """
 
@@ -30,10 +30,10 @@ extensions = [
     "sphinx.ext.mathjax",
     "sphinx-mathjax-offline",  # MathJax served from the site itself: no network
     "sphinx_copybutton",
-    "coursesite",  # _ext/coursesite.py: tutorials, assignments, API pages, navigation, links
+    "coursesite",  # _ext/coursesite/: tutorials, assignments, API pages, navigation, links
 ]
 
-# Sources: the top-level pages of docs/ and what _ext/coursesite.py generates. The tutorials
+# Sources: the top-level pages of docs/ and what _ext/coursesite/ generates. The tutorials
 # are read from their jupytext sources (the paired .ipynb is the same notebook, stripped);
 # docs/layout_study/ holds the study's output files, shown by layout_study.md.
 nb_custom_formats = {".py": ["jupytext.reads", {"fmt": "py:percent"}]}
@@ -57,7 +57,7 @@ nb_execution_show_tb = True
 nb_execution_excludepatterns = ["assignments/*"]
 nb_merge_streams = True
 
-# The API reference (_ext/coursesite.py writes its pages from minicoat.__all__ and the modules).
+# The API reference: _ext/coursesite/reference.py writes its pages (minicoat.__all__, modules).
 autodoc_member_order = "bysource"
 autodoc_default_options = {"show-inheritance": True}
 autosummary_generate = False
