@@ -236,6 +236,8 @@ const done = arguments[arguments.length - 1];
     texErrors: [...document.querySelectorAll("mjx-merror")]
                    .map((e) => e.getAttribute("data-mjx-error") || e.textContent),
     rawTex: rawTex,
+    codeBlocks: document.querySelectorAll("div.highlight pre").length,
+    copyButtons: document.querySelectorAll("div.highlight button.copybtn").length,
     links: [...document.querySelectorAll("a[href]")].map((a) => a.href),
     ids: [...document.querySelectorAll("[id], a[name]")].map((e) => e.id || e.name),
   };
@@ -343,6 +345,13 @@ def test_every_equation_is_typeset(reports):
     assert not problems(reports, "untypeset", "texErrors", "rawTex")
     for page in ("math.html", f"tutorials/{TUTORIALS[0].stem}.html"):
         assert reports[page]["math"] > 5, f"{page} shows its equations"
+
+
+def test_every_code_block_has_a_copy_button(reports):
+    missing = {page: f"{r['copyButtons']} buttons for {r['codeBlocks']} code blocks"
+               for page, r in reports.items() if r["copyButtons"] != r["codeBlocks"]}
+    assert not missing
+    assert reports[f"tutorials/{TUTORIALS[0].stem}.html"]["copyButtons"] > 10
 
 
 def test_every_internal_link_resolves(reports, site):
