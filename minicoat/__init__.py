@@ -1,19 +1,41 @@
 """minicoat: an educational pure-NumPy CoAtNet (Dai et al. 2021, arXiv 2106.04803).
 
 Channels-last arrays ``(N, H, W, C)``, parameters as nested dicts, gradients from
-``autograd``. See ``docs/`` and ``notebooks/``.
+``autograd``. Two tiers: ``minicoat.ops`` teaches every op (its equation, a traced forward and
+a hand-written backward), ``minicoat.kernels`` makes them fast; ``implementation`` switches
+between ``"traced"``, ``"readable"`` and ``"fast"`` (the default). See ``docs/`` and
+``notebooks/``.
 """
 
-from .activations import gelu, log_softmax, sigmoid, softmax
-from .attention import attention_core, relative_attention, relative_position_index
+from . import kernels  # noqa: F401  (registers the fast implementations)
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import CoAtNetConfig, config
-from .conv import conv1x1, conv2d, depthwise_conv2d
+from .configs import CoAtNetConfig, config
 from .gradcheck import numerical_gradient, numerical_vjp, rel_error
-from .layers import cross_entropy, linear, squeeze_excitation
 from .model import count_flops, count_params, forward, init_params
-from .norm import batch_norm, batch_norm_gelu, layer_norm
-from .pooling import avg_pool2d, global_avg_pool, max_pool2d
+from .ops import (
+    attention_core,
+    avg_pool2d,
+    batch_norm,
+    batch_norm_gelu,
+    conv1x1,
+    conv2d,
+    cross_entropy,
+    depthwise_conv2d,
+    gelu,
+    global_avg_pool,
+    implementation,
+    layer_norm,
+    linear,
+    log_softmax,
+    max_pool2d,
+    relative_attention,
+    relative_position_index,
+    sigmoid,
+    softmax,
+    squeeze_excitation,
+    value_and_grad,
+)
+from .plan import plan
 
 __version__ = "0.1.0"
 
@@ -23,7 +45,9 @@ __all__ = [
     "count_flops",
     "count_params",
     "forward",
+    "implementation",
     "init_params",
+    "plan",
     "attention_core",
     "avg_pool2d",
     "batch_norm",
@@ -48,4 +72,5 @@ __all__ = [
     "sigmoid",
     "softmax",
     "squeeze_excitation",
+    "value_and_grad",
 ]

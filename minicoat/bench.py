@@ -55,12 +55,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import autodiff, blocks, model
-from .attention import relative_attention
-from .config import config as preset
-from .conv import conv2d, depthwise_conv2d
-from .layers import cross_entropy
+from . import blocks, model
+from .configs import config as preset
+from .kernels import autodiff
+from .ops import conv2d, cross_entropy, depthwise_conv2d, relative_attention
 from .optim import adamw_init, adamw_update
+from .plan import make_block
 
 PRESET = "coatnet-cifar"
 LR, WEIGHT_DECAY = 1e-3, 0.05  # AdamW in both frameworks, decay on every leaf (torch's default)
@@ -328,25 +328,26 @@ def attention_item(n, h, c, heads, variant):
     )
 
 
-def mbconv_macs(n, h, c_in, c_out, cfg):
+def mbconv_macs(n, block):
     """Multiply-adds of a stride-1 MBConv block without shortcut projection (``count_flops``)."""
-    mid = c_out * cfg.mbconv_expand
-    reduced = max(1, int(c_in * cfg.se_ratio))
-    return n * (h * h * (c_in * mid + 9 * mid + mid * c_out) + 2 * mid * reduced)
+    h, w = block.grid_out
+    mid, c_in, c_out = block.expanded, block.c_in, block.c_out
+    return n * (h * w * (c_in * mid + 9 * mid + mid * c_out) + 2 * mid * block.se)
 
 
 def mbconv_item(n, h, c, cfg):
     torch = _torch()
     from .oracle.network import MBConv, copy_into
 
-    params = model.init_from_spec(blocks.mbconv_spec(c, c, 1, cfg), np.random.default_rng(0))
-    state = model.init_state(blocks.mbconv_state(c, c, cfg))
+    block = make_block(cfg, "C", c, c, 1, (h, h))
+    params = model.init_from_spec(blocks.mbconv_spec(block), np.random.default_rng(0))
+    state = model.init_state(blocks.mbconv_state(block))
     x = np.random.default_rng(1).standard_normal((n, h, h, c)).astype(np.float32)
-    module = copy_into(MBConv(c, c, 1, cfg), params, state).train()
+    module = copy_into(MBConv(block, cfg), params, state).train()
     return _module_item(
         "MBConv block", f"({n},{h},{h},{c}) expand {cfg.mbconv_expand}",
-        2.0 * mbconv_macs(n, h, c, c, cfg),
-        lambda x, p: blocks.mbconv_forward(p, state, x, 1, cfg, train=True)[0],
+        2.0 * mbconv_macs(n, block),
+        lambda x, p: blocks.mbconv_forward(p, state, x, block, cfg, train=True)[0],
         x, params, module, _nchw(torch, x, True),
     )
 
@@ -361,14 +362,14 @@ def transformer_item(n, h, c, cfg):
     torch = _torch()
     from .oracle.network import Transformer, copy_into
 
-    spec = blocks.transformer_spec(c, c, 1, (h, h), cfg)
-    params = model.init_from_spec(spec, np.random.default_rng(0))
+    block = make_block(cfg, "T", c, c, 1, (h, h))
+    params = model.init_from_spec(blocks.transformer_spec(block), np.random.default_rng(0))
     x = np.random.default_rng(1).standard_normal((n, h, h, c)).astype(np.float32)
-    module = copy_into(Transformer(c, c, 1, (h, h), cfg), params).train()
+    module = copy_into(Transformer(block, cfg), params).train()
     return _module_item(
-        "Transformer block", f"({n},{h},{h},{c}) heads {c // cfg.head_dim}",
+        "Transformer block", f"({n},{h},{h},{c}) heads {block.heads}",
         2.0 * transformer_macs(n, h, c, cfg),
-        lambda x, p: blocks.transformer_forward(p, x, 1, cfg),
+        lambda x, p: blocks.transformer_forward(p, x, block, cfg),
         x, params, module, _nchw(torch, x, True),
     )
 

@@ -11,20 +11,29 @@ The paper puts the MBConv stride in the first 1x1 convolution; timm puts it in t
 3x3 (``stride_at="depthwise"``). Pool is max pooling in the paper, average pooling in timm.
 
 Each block comes as a pair of functions: ``*_spec`` lists its parameters (shape and how to
-initialise them, see ``model.init_params``) and ``*_forward`` runs it. Parameters are nested
-dicts; BatchNorm running statistics are a separate ``state`` dict passed in and returned.
+initialise them, see ``model.init_params``) and ``*_forward`` runs it. Both take the block's
+record from the network's plan (``plan.Block``: widths, stride, grid, heads), so no width is
+computed here. Parameters are nested dicts; BatchNorm running statistics are a separate
+``state`` dict passed in and returned.
 
 MBConv follows the usual inverted bottleneck (MobileNetV2, EfficientNet, timm's CoAtNet):
 BN + GELU after the expansion and after the depthwise convolution, squeeze-excitation on the
 expanded features, and a linear (no activation) projection back down.
 """
 
-from .activations import gelu
-from .attention import relative_attention
-from .conv import conv1x1, depthwise_conv2d
-from .layers import linear, squeeze_excitation
-from .norm import batch_norm, batch_norm_gelu, layer_norm
-from .pooling import avg_pool2d, max_pool2d
+from .ops import (
+    avg_pool2d,
+    batch_norm,
+    batch_norm_gelu,
+    conv1x1,
+    depthwise_conv2d,
+    gelu,
+    layer_norm,
+    linear,
+    max_pool2d,
+    relative_attention,
+    squeeze_excitation,
+)
 
 # -- parameter specs: ("normal", shape, std) | ("zeros", shape) | ("ones", shape) ---------
 
@@ -42,15 +51,21 @@ def norm_spec(c):
     return {"gamma": ("ones", (c,)), "beta": ("zeros", (c,))}
 
 
-def _shortcut_spec(c_in, c_out, stride):
+def _shortcut_spec(block):
     """Projection on the shortcut when the block changes width or resolution, else nothing."""
-    return {"proj": dense(c_in, c_out)} if (stride != 1 or c_in != c_out) else {}
+    changes = block.stride != 1 or block.c_in != block.c_out
+    return {"proj": dense(block.c_in, block.c_out)} if changes else {}
+
+
+def _pool(x, pool):
+    """The downsampling pool, ``"max"`` (paper) or ``"avg"`` (timm): (N,H,W,C) -> (N,H/2,W/2,C)."""
+    return max_pool2d(x) if pool == "max" else avg_pool2d(x)
 
 
 def _shortcut(p, x, stride, pool):
     """Identity, or ``Proj(Pool(x))`` (pool only when stride 2): (N,H,W,Ci) -> (N,H',W',Co)."""
     if stride == 2:
-        x = max_pool2d(x) if pool == "max" else avg_pool2d(x)
+        x = _pool(x, pool)
     if "proj" in p:
         x = conv1x1(x, p["proj"]["w"], p["proj"]["b"])
     return x
@@ -59,10 +74,9 @@ def _shortcut(p, x, stride, pool):
 # -- MBConv ---------------------------------------------------------------------------------
 
 
-def mbconv_spec(c_in, c_out, stride, cfg):
-    """Parameters of an MBConv block from width ``c_in`` to ``c_out``."""
-    mid = c_out * cfg.mbconv_expand  # expansion of the output width, as timm's CoAtNet
-    reduced = max(1, int(c_in * cfg.se_ratio))  # SE bottleneck, of the input width
+def mbconv_spec(block):
+    """Parameters of an MBConv block (``block``: its record in the plan)."""
+    c_in, mid, se, c_out = block.c_in, block.expanded, block.se, block.c_out
     return {
         "pre_norm": norm_spec(c_in),
         "expand": dense(c_in, mid, bias=False),  # followed by BN: no bias needed
@@ -70,23 +84,22 @@ def mbconv_spec(c_in, c_out, stride, cfg):
         "dw": {"w": ("normal", (3, 3, mid), 1.0 / 3.0)},  # fan-in 9
         "norm2": norm_spec(mid),
         "se": {
-            "w_reduce": ("normal", (mid, reduced), mid**-0.5),
-            "b_reduce": ("zeros", (reduced,)),
-            "w_expand": ("normal", (reduced, mid), reduced**-0.5),
+            "w_reduce": ("normal", (mid, se), mid**-0.5),
+            "b_reduce": ("zeros", (se,)),
+            "w_expand": ("normal", (se, mid), se**-0.5),
             "b_expand": ("zeros", (mid,)),
         },
         "project": dense(mid, c_out),
-        **_shortcut_spec(c_in, c_out, stride),
+        **_shortcut_spec(block),
     }
 
 
-def mbconv_state(c_in, c_out, cfg):
-    """BatchNorm running statistics of an MBConv block, as shapes of (mean, var) pairs."""
-    mid = c_out * cfg.mbconv_expand
-    return {"pre_norm": c_in, "norm1": mid, "norm2": mid}
+def mbconv_state(block):
+    """BatchNorm running statistics of an MBConv block, as channel counts."""
+    return {"pre_norm": block.c_in, "norm1": block.expanded, "norm2": block.expanded}
 
 
-def mbconv_forward(p, state, x, stride, cfg, train):
+def mbconv_forward(p, state, x, block, cfg, train):
     """MBConv block: ``(N, H, W, C_in) -> (N, H / stride, W / stride, C_out)``.
 
     ``y = shortcut(x) + Proj(SE(GELU(BN(DW(GELU(BN(Expand(BN(x)))))))))``, the stride either in
@@ -94,14 +107,13 @@ def mbconv_forward(p, state, x, stride, cfg, train):
 
     Returns ``(y, new_state)``.
     """
-    expand_stride = stride if cfg.stride_at == "expand" else 1
-    dw_stride = stride if cfg.stride_at == "depthwise" else 1
+    expand_stride = block.stride if cfg.stride_at == "expand" else 1
+    dw_stride = block.stride if cfg.stride_at == "depthwise" else 1
     new_state = {}
     h, new_state["pre_norm"] = batch_norm(
         x, **p["pre_norm"], running=state["pre_norm"], train=train
     )
     h = conv1x1(h, p["expand"]["w"], stride=expand_stride)  # (N, H', W', mid)
-    # GELU(BN(h)) in one op that stores less for the backward pass (see norm.batch_norm_gelu)
     h, new_state["norm1"] = batch_norm_gelu(
         h, **p["norm1"], running=state["norm1"], train=train, approximate=cfg.gelu
     )
@@ -111,43 +123,42 @@ def mbconv_forward(p, state, x, stride, cfg, train):
     )
     h = squeeze_excitation(h, p["se"], cfg.gelu)
     h = conv1x1(h, p["project"]["w"], p["project"]["b"])  # (N, H', W', C_out)
-    return _shortcut(p, x, stride, cfg.pool) + h, new_state
+    return _shortcut(p, x, block.stride, cfg.pool) + h, new_state
 
 
 # -- Transformer ----------------------------------------------------------------------------
 
 
-def transformer_spec(c_in, c_out, stride, grid, cfg):
-    """Parameters of a Transformer block from ``c_in`` to ``c_out`` on an output ``grid`` (h, w)."""
-    heads = c_out // cfg.head_dim
-    hidden = c_out * cfg.ffn_expand
+def transformer_spec(block):
+    """Parameters of a Transformer block (``block``: its record in the plan)."""
+    c_in, c_out, (h, w) = block.c_in, block.c_out, block.grid_out
     attn = {
         "w_qkv": ("normal", (c_in, 3 * c_out), c_in**-0.5),
         "b_qkv": ("zeros", (3 * c_out,)),
         "w_out": ("normal", (c_out, c_out), c_out**-0.5),
         "b_out": ("zeros", (c_out,)),
-        "rel_bias": ("normal", (heads, (2 * grid[0] - 1) * (2 * grid[1] - 1)), 0.02),
+        "rel_bias": ("normal", (block.heads, (2 * h - 1) * (2 * w - 1)), 0.02),
     }
     return {
         "norm1": norm_spec(c_in),
         "attn": attn,
         "norm2": norm_spec(c_out),
-        "ffn": {"fc1": dense(c_out, hidden), "fc2": dense(hidden, c_out)},
-        **_shortcut_spec(c_in, c_out, stride),
+        "ffn": {"fc1": dense(c_out, block.expanded), "fc2": dense(block.expanded, c_out)},
+        **_shortcut_spec(block),
     }
 
 
-def transformer_forward(p, x, stride, cfg):
+def transformer_forward(p, x, block, cfg):
     """Transformer block with relative attention: ``(N, H, W, C_in) -> (N, H', W', C_out)``.
 
     ``x <- shortcut(x) + Attention(Pool(LN(x)))`` (pool only when stride 2), then
     ``x <- x + FFN(LN(x))`` with ``FFN(z) = GELU(z W1 + b1) W2 + b2``.
     """
     h = layer_norm(x, **p["norm1"])
-    if stride == 2:
-        h = max_pool2d(h) if cfg.pool == "max" else avg_pool2d(h)
-    heads = p["attn"]["w_out"].shape[0] // cfg.head_dim
-    x = _shortcut(p, x, stride, cfg.pool) + relative_attention(h, p["attn"], heads, cfg.variant)
+    if block.stride == 2:
+        h = _pool(h, cfg.pool)
+    attention = relative_attention(h, p["attn"], block.heads, cfg.variant)
+    x = _shortcut(p, x, block.stride, cfg.pool) + attention
     h = layer_norm(x, **p["norm2"])
     h = gelu(linear(h, p["ffn"]["fc1"]["w"], p["ffn"]["fc1"]["b"]), cfg.gelu)
     return x + linear(h, p["ffn"]["fc2"]["w"], p["ffn"]["fc2"]["b"])

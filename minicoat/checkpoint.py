@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import CoAtNetConfig
+from .configs import CoAtNetConfig
 from .tree import flatten, unflatten
 
 FORMAT = "minicoat-checkpoint"

@@ -133,7 +133,7 @@ def _load_data(args):
 
 
 def _train(args):
-    from .config import config as preset
+    from .configs import config as preset
     from .train import NonFiniteLoss, TrainConfig, train
 
     model_name = args.model or DEFAULT_MODEL[args.dataset]

@@ -12,9 +12,10 @@ Paper section 2.2 and table 3. An image ``(N, H, W, C)`` flows through
 ``layout="VIT_REL"`` replaces S0-S3's downsampling by one patchifying linear layer (patch size
 = ``strides[0] * .. * strides[3]``, landing on S3's grid) followed by Transformer blocks only.
 
-Parameters are built from a *spec* (``param_spec``): a nested dict whose leaves say a shape
-and how to initialise it. The spec also gives parameter counts without allocating anything
-(CoAtNet-4 has 275M parameters) and tells ``forward`` whether a parameter tree fits a config.
+Every layer's widths, stride and grid come from the network's plan (``plan.py``), computed once
+from the config. Parameters are built from a *spec* (``param_spec``): a nested dict whose leaves
+say a shape and how to initialise it. The spec also gives parameter counts without allocating
+anything (CoAtNet-4 has 275M parameters) and tells ``forward`` whether parameters fit a config.
 """
 
 import math
@@ -24,63 +25,42 @@ import numpy as onp
 from autograd.tracer import getval
 
 from . import blocks
-from .config import CoAtNetConfig
-from .conv import conv2d
-from .layers import linear
-from .norm import batch_norm_gelu, init_bn_state, layer_norm
-from .pooling import global_avg_pool
+from .configs import CoAtNetConfig
+from .ops import batch_norm_gelu, conv2d, global_avg_pool, layer_norm, linear
+from .ops.norm import init_bn_state
+from .plan import plan, stage_blocks
 
 # -- specs ----------------------------------------------------------------------------------
 
 
-def _stages(config):
-    """For S1..S4: (stage name, block type, number of blocks, c_in, c_out, stride, grid)."""
-    stages = []
-    c_in = config.channels[0]
-    for i in range(1, 5):
-        kind, depth, stride = config.stage_types[i - 1], config.depths[i], config.strides[i]
-        if config.layout == "VIT_REL":
-            if i < 3:
-                continue  # the patch stem already stands in for S0-S2
-            if i == 3:  # all the early blocks at S3's width, on S3's grid
-                depth, stride = config.depths[1] + config.depths[2] + config.depths[3], 1
-                c_in = config.channels[3]
-        stages.append((f"s{i}", kind, depth, c_in, config.channels[i], stride, config.grid(i)))
-        c_in = config.channels[i]
-    return stages
-
-
-def _stem_spec(config):
-    c_in, width = config.in_channels, config.channels[0]
-    if config.layout == "VIT_REL":
-        patch = math.prod(config.strides[:4])
-        return {"patch": blocks.dense(patch * patch * c_in, config.channels[3])}
+def _stem_spec(stem):
+    """S0's parameters: 3x3 convolutions with BN + GELU between them (the last one has a bias and
+    no norm: the first block of S1 normalises its input), or VIT_REL's patchifying layer."""
+    if stem[0].kind == "patch":
+        return {"patch": blocks.dense(stem[0].stride ** 2 * stem[0].c_in, stem[0].c_out)}
     spec = {}
-    for i in range(config.depths[0]):
-        last = i == config.depths[0] - 1
-        spec[f"conv{i}"] = {"w": ("normal", (3, 3, c_in, width), (9 * c_in) ** -0.5)}
-        if last:
-            spec[f"conv{i}"]["b"] = ("zeros", (width,))
+    for block in stem:
+        fan_in = 9 * block.c_in
+        conv = spec[f"conv{block.index}"] = {
+            "w": ("normal", (3, 3, block.c_in, block.c_out), fan_in**-0.5)
+        }
+        if block is stem[-1]:
+            conv["b"] = ("zeros", (block.c_out,))
         else:
-            spec[f"norm{i}"] = blocks.norm_spec(width)
-        c_in = width
+            spec[f"norm{block.index}"] = blocks.norm_spec(block.c_out)
     return spec
 
 
 def param_spec(config):
     """The parameter tree of ``config`` with leaves ``("normal", shape, std)``,
     ``("zeros", shape)`` or ``("ones", shape)``: what ``init_params`` draws."""
-    spec = {"stem": _stem_spec(config)}
-    for name, kind, depth, c_in, c_out, stride, grid in _stages(config):
-        spec[name] = {}
-        for b in range(depth):
-            first = b == 0
-            block_in, block_stride = (c_in, stride) if first else (c_out, 1)
-            if kind == "C":
-                block = blocks.mbconv_spec(block_in, c_out, block_stride, config)
-            else:
-                block = blocks.transformer_spec(block_in, c_out, block_stride, grid, config)
-            spec[name][f"block{b}"] = block
+    layers = plan(config)
+    spec = {"stem": _stem_spec(stage_blocks(layers, 0))}
+    for block in layers:
+        if block.stage > 0:
+            stage, name = block.keys
+            make = blocks.mbconv_spec if block.kind == "C" else blocks.transformer_spec
+            spec.setdefault(stage, {})[name] = make(block)
     width = config.channels[4]
     spec["head"] = {"norm": blocks.norm_spec(width)}
     if config.head_hidden:
@@ -92,16 +72,13 @@ def param_spec(config):
 
 def state_spec(config):
     """BatchNorm running statistics of ``config``: a tree whose leaves are channel counts."""
-    tree = {"stem": {}}
-    if config.layout != "VIT_REL":
-        for i in range(config.depths[0] - 1):
-            tree["stem"][f"norm{i}"] = config.channels[0]
-    for name, kind, depth, c_in, c_out, _, _ in _stages(config):
-        if kind == "C":
-            tree[name] = {
-                f"block{b}": blocks.mbconv_state(c_in if b == 0 else c_out, c_out, config)
-                for b in range(depth)
-            }
+    layers = plan(config)
+    stem = stage_blocks(layers, 0)
+    tree = {"stem": {f"norm{b.index}": b.c_out for b in stem[:-1] if b.kind == "stem"}}
+    for block in layers:
+        if block.kind == "C":
+            stage, name = block.keys
+            tree.setdefault(stage, {})[name] = blocks.mbconv_state(block)
     return tree
 
 
@@ -192,9 +169,9 @@ def check_params(params, state, config):
 # -- forward --------------------------------------------------------------------------------
 
 
-def _stem_forward(p, state, x, config, train):
-    if config.layout == "VIT_REL":
-        patch = math.prod(config.strides[:4])
+def _stem_forward(p, state, x, stem, config, train):
+    if stem[0].kind == "patch":
+        patch = stem[0].stride
         n, h, w, c = x.shape
         # (N, H, W, C) -> (N, H/P, P, W/P, P, C) -> (N, H/P, W/P, P*P*C): one token per patch
         patches = np.reshape(x, (n, h // patch, patch, w // patch, patch, c))
@@ -204,13 +181,12 @@ def _stem_forward(p, state, x, config, train):
         )
         return linear(patches, p["patch"]["w"], p["patch"]["b"]), {}
     new_state = {}
-    for i in range(config.depths[0]):
-        conv = p[f"conv{i}"]
-        x = conv2d(x, conv["w"], conv.get("b"), stride=config.strides[0] if i == 0 else 1)
-        if f"norm{i}" in p:
-            x, new_state[f"norm{i}"] = batch_norm_gelu(
-                x, **p[f"norm{i}"], running=state[f"norm{i}"], train=train,
-                approximate=config.gelu,
+    for block in stem:
+        conv, norm = p[f"conv{block.index}"], f"norm{block.index}"
+        x = conv2d(x, conv["w"], conv.get("b"), stride=block.stride)
+        if norm in p:
+            x, new_state[norm] = batch_norm_gelu(
+                x, **p[norm], running=state[norm], train=train, approximate=config.gelu
             )
     return x, new_state
 
@@ -246,21 +222,21 @@ def forward(params, state, x, config, train=False, check=True):
     if check:
         check_params(params, state, config)
     new_state = {}
+    layers = plan(config)
+    stem = stage_blocks(layers, 0)
     # .get: a stem without BatchNorm has no state, and an empty dict does not survive a
     # round trip through a flat checkpoint
-    h, new_state["stem"] = _stem_forward(params["stem"], state.get("stem", {}), x, config, train)
-    for name, kind, depth, _, _, stride, _ in _stages(config):
-        stage_state = {}
-        for b in range(depth):
-            block, block_stride = params[name][f"block{b}"], stride if b == 0 else 1
-            if kind == "C":
-                h, stage_state[f"block{b}"] = blocks.mbconv_forward(
-                    block, state[name][f"block{b}"], h, block_stride, config, train
-                )
-            else:
-                h = blocks.transformer_forward(block, h, block_stride, config)
-        if stage_state:
-            new_state[name] = stage_state
+    h, new_state["stem"] = _stem_forward(
+        params["stem"], state.get("stem", {}), x, stem, config, train
+    )
+    for block in layers[len(stem) :]:
+        stage, name = block.keys
+        if block.kind == "C":
+            h, new_state.setdefault(stage, {})[name] = blocks.mbconv_forward(
+                params[stage][name], state[stage][name], h, block, config, train
+            )
+        else:
+            h = blocks.transformer_forward(params[stage][name], h, block, config)
     head = params["head"]
     features = layer_norm(global_avg_pool(h), **head["norm"])  # (N, C4)
     if "pre_logits" in head:  # (N, head_hidden)
@@ -289,38 +265,27 @@ def count_flops(config):
     customary: norms, activations, softmax, pooling, additions.
     """
     flops = 0
-    h, w = config.image_size
-    if config.layout == "VIT_REL":
-        patch = math.prod(config.strides[:4])
-        flops += (
-            (h // patch) * (w // patch) * patch * patch * config.in_channels * config.channels[3]
-        )
-    else:
-        h0, w0 = config.grid(0)
-        c_in = config.in_channels
-        for _ in range(config.depths[0]):
-            flops += h0 * w0 * 9 * c_in * config.channels[0]
-            c_in = config.channels[0]
-    for _, kind, depth, c_in, c_out, stride, (gh, gw) in _stages(config):
-        for b in range(depth):
-            block_in, block_stride = (c_in, stride) if b == 0 else (c_out, 1)
-            tokens = gh * gw
-            if block_stride != 1 or block_in != c_out:
-                flops += tokens * block_in * c_out  # shortcut projection
-            if kind == "C":
-                mid = c_out * config.mbconv_expand
-                reduced = max(1, int(block_in * config.se_ratio))
-                # with the stride in the depthwise conv, the expansion runs at the input grid
-                expand_tokens = tokens
-                if config.stride_at == "depthwise":
-                    expand_tokens = tokens * block_stride**2
-                flops += expand_tokens * block_in * mid
-                flops += tokens * (9 * mid + mid * c_out) + 2 * mid * reduced
-            else:
-                hidden = c_out * config.ffn_expand
-                flops += tokens * (3 * block_in * c_out + c_out * c_out)  # qkv and output
-                flops += 2 * tokens * tokens * c_out  # q k^T and A v
-                flops += 2 * tokens * c_out * hidden  # FFN
+    for block in plan(config):
+        tokens = block.grid_out[0] * block.grid_out[1]
+        c_in, c_out = block.c_in, block.c_out
+        if block.kind == "patch":  # a P x P convolution with stride P
+            flops += tokens * block.stride**2 * c_in * c_out
+            continue
+        if block.kind == "stem":
+            flops += tokens * 9 * c_in * c_out
+            continue
+        if block.stride != 1 or c_in != c_out:
+            flops += tokens * c_in * c_out  # shortcut projection
+        if block.kind == "C":
+            mid = block.expanded
+            # with the stride in the depthwise conv, the expansion runs at the input grid
+            expand_grid = block.grid_in if config.stride_at == "depthwise" else block.grid_out
+            flops += expand_grid[0] * expand_grid[1] * c_in * mid
+            flops += tokens * (9 * mid + mid * c_out) + 2 * mid * block.se
+        else:
+            flops += tokens * (3 * c_in * c_out + c_out * c_out)  # qkv and output
+            flops += 2 * tokens * tokens * c_out  # q k^T and A v
+            flops += 2 * tokens * c_out * block.expanded  # FFN
     if config.head_hidden:
         flops += config.channels[4] * config.head_hidden
     flops += (config.head_hidden or config.channels[4]) * config.num_classes

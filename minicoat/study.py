@@ -18,8 +18,8 @@ import json
 import os
 import sys
 
-from .config import LAYOUTS
-from .config import config as preset
+from .configs import LAYOUTS
+from .configs import config as preset
 from .datasets import load_dataset
 from .model import count_params
 from .train import TrainConfig, evaluate, train

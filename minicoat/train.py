@@ -6,7 +6,8 @@ For each minibatch:
    the BatchNorm running statistics it produces are kept on the side (they are state, not
    something we differentiate).
 2. ``value_and_grad`` gives the loss and its gradient for every leaf of the parameter tree
-   (autograd's, with a backward pass that frees activations as it goes: ``autodiff.py``).
+   (autograd's; under the ``fast`` implementation, with a backward pass that frees
+   activations as it goes: ``kernels/autodiff.py``).
 3. Optionally the gradient is clipped to a maximum global norm.
 4. The optimizer (AdamW by default) turns gradients into new parameters, with the learning
    rate from a linear warm-up + cosine schedule.
@@ -28,11 +29,10 @@ from dataclasses import dataclass
 import numpy as np
 from autograd.tracer import getval
 
-from .autodiff import value_and_grad
 from .checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from .datasets import augment, iterate_minibatches
-from .layers import cross_entropy
 from .model import check_params, count_params, forward, init_params
+from .ops import cross_entropy, value_and_grad
 from .optim import clip_grad_norm, make_optimizer
 from .schedule import warmup_cosine
 

@@ -24,6 +24,7 @@ from minicoat import blocks
 from minicoat.assignments import build, checks
 from minicoat.assignments.grading import Submission
 from minicoat.optim import adamw_update, decay_mask
+from minicoat.plan import make_block
 
 SOURCES = dict(build.default_sources())  # file name -> text
 NAMES = [pathlib.PurePath(f).stem for f in SOURCES]
@@ -334,7 +335,8 @@ def test_in_place_assignment_is_told_to_use_autograd_numpy():
 
 def test_mbconv_without_shortcut_is_named():
     def block(p, state, x, stride, cfg, train):
-        y, new_state = blocks.mbconv_forward(p, state, x, stride, cfg, train)
+        record = make_block(cfg, "C", x.shape[-1], p["project"]["w"].shape[1], stride, x.shape[1:3])
+        y, new_state = blocks.mbconv_forward(p, state, x, record, cfg, train)
         return y - blocks._shortcut(p, x, stride, cfg.pool), new_state
 
     with pytest.raises(checks.CheckFailed, match="without its shortcut"):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import minicoat as mc
-from minicoat import autodiff
 from minicoat.bench import peak_tracemalloc_mb
+from minicoat.kernels import autodiff
 from minicoat.tree import flatten
 
 

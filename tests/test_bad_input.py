@@ -66,7 +66,7 @@ CASES = [
     ("conv2d channels", lambda: mc.conv2d(MAP, f64(3, 3, 2, 8)),
      ValueError, msg("(k, k, C_in, C_out) with C_in = 3", "got w of shape (3, 3, 2, 8)")),
     ("conv1x1 channels", lambda: mc.conv1x1(MAP, f64(4, 8)),
-     ValueError, msg("(C_in, C_out) with C_in = 3", "got (4, 8)")),
+     ValueError, msg("(C_in, C_out) with C_in = 3", "got w of shape (4, 8)")),
     ("conv2d bias shape", lambda: mc.conv2d(MAP, f64(3, 3, 3, 8), f64(3)),
      ValueError, msg("b must have shape (C_out,) = (8,)", "got (3,)")),
     ("linear channels", lambda: mc.linear(f64(2, 5), f64(4, 3)),

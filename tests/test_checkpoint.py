@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from minicoat.checkpoint import load_checkpoint, restore_rng, save_checkpoint
-from minicoat.config import CoAtNetConfig, config
+from minicoat.configs import CoAtNetConfig, config
 from minicoat.optim import adamw_init, adamw_update
 from minicoat.tree import flatten, tree_map
 

@@ -10,6 +10,7 @@ import numpy as onp
 import pytest
 import torch
 from autograd import grad
+from helpers import assert_trees_close
 
 import minicoat as mc
 from minicoat import blocks
@@ -23,10 +24,18 @@ from minicoat.oracle.network import (
     to_torch,
     torch_grads_as_params,
 )
+from minicoat.plan import make_block
 from minicoat.tree import flatten, unflatten
 
 ORACLE_TOL = 1e-10
 FD_TOL = 1e-6
+IMPLS = ["readable", "fast"]  # the traced one agrees with both: test_implementations.py
+
+
+@pytest.fixture(autouse=True)
+def _restore_implementation():
+    with mc.implementation(mc.implementation()):
+        yield
 
 
 def _perturbed(tree, rng, scale=0.1):
@@ -40,23 +49,8 @@ def _perturbed(tree, rng, scale=0.1):
 
 
 def assert_grads_match(ours, theirs, context=""):
-    """Every leaf within ORACLE_TOL normwise.
-
-    A leaf whose true gradient is zero (the shift of a BatchNorm that feeds a bias-free 1x1
-    convolution and then another BatchNorm in training mode: the second BatchNorm removes any
-    constant shift) is compared in absolute terms against the whole gradient's norm instead.
-    """
-    ours, theirs = flatten(ours), flatten(theirs)
-    assert ours.keys() == theirs.keys()
-    total = onp.sqrt(sum(onp.sum(onp.asarray(v) ** 2) for v in ours.values()))
-    for key in ours:
-        a, b = onp.asarray(ours[key]), onp.asarray(theirs[key])
-        scale = max(onp.linalg.norm(a), onp.linalg.norm(b))
-        if scale < 1e-8 * total:
-            err = onp.linalg.norm(a - b) / total
-        else:
-            err = mc.rel_error(a, b)
-        assert err <= ORACLE_TOL, f"{context} gradient of {key}: ours vs torch error {err:.2e}"
+    """Every leaf within ORACLE_TOL normwise (zero gradients: see ``helpers.tree_errors``)."""
+    assert_trees_close(ours, theirs, ORACLE_TOL, f"{context} gradient", theirs_name="torch")
 
 
 def _tiny_config(**overrides):
@@ -94,9 +88,11 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("layout,variant,pool,stride_at", CASES)
-def test_network_matches_torch_twin(layout, variant, pool, stride_at, train):
+def test_network_matches_torch_twin(layout, variant, pool, stride_at, train, impl):
+    mc.implementation(impl)  # the autouse fixture restores the default afterwards
     config = _tiny_config(layout=layout, variant=variant, pool=pool, stride_at=stride_at)
     params, state, x, labels = _network_case(config, train)
     twin = to_torch(params, state, config).train(train)
@@ -129,69 +125,70 @@ def test_weight_transfer_round_trip_is_exact():
             assert onp.array_equal(value, flatten(back)[key]), key
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("stride_at", ["expand", "depthwise"])
-def test_mbconv_block_matches_twin(stride, stride_at, train):
+def test_mbconv_block_matches_twin(stride, stride_at, train, impl):
+    mc.implementation(impl)
     config = _tiny_config(stride_at=stride_at, pool="max")
     rng = onp.random.default_rng(1)
     c_in, c_out = (8, 16) if stride == 2 else (16, 16)
-    params = _perturbed(
-        init_from_spec(blocks.mbconv_spec(c_in, c_out, stride, config), rng, onp.float64), rng
-    )
-    state = init_state(blocks.mbconv_state(c_in, c_out, config), onp.float64)
+    block = make_block(config, "C", c_in, c_out, stride, (6, 5))
+    params = _perturbed(init_from_spec(blocks.mbconv_spec(block), rng, onp.float64), rng)
+    state = init_state(blocks.mbconv_state(block), onp.float64)
     x = rng.standard_normal((2, 6, 5, c_in))  # odd width: the pool's ceil rule is exercised
     upstream = rng.standard_normal((2, 6 // stride, -(-5 // stride), c_out))
 
-    twin = copy_into(MBConv(c_in, c_out, stride, config).double(), params, state).train(train)
+    twin = copy_into(MBConv(block, config).double(), params, state).train(train)
     x_torch = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
     y_torch = twin(x_torch)
     y_torch.backward(torch.from_numpy(upstream.transpose(0, 3, 1, 2).copy()))
 
-    y, _ = blocks.mbconv_forward(params, state, x, stride, config, train)
+    y, _ = blocks.mbconv_forward(params, state, x, block, config, train)
     err = mc.rel_error(y, y_torch.detach().numpy().transpose(0, 2, 3, 1))
     assert err <= ORACLE_TOL, f"MBConv forward: ours vs torch error {err:.2e}"
 
     def objective(p):
-        return onp.sum(blocks.mbconv_forward(p, state, x, stride, config, train)[0] * upstream)
+        return onp.sum(blocks.mbconv_forward(p, state, x, block, config, train)[0] * upstream)
 
     assert_grads_match(grad(objective)(params), torch_grads_as_params(twin, params), "MBConv")
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("variant", ["pre", "post"])
 @pytest.mark.parametrize("stride,pool", [(1, "max"), (2, "max"), (2, "avg")])
-def test_transformer_block_matches_twin(variant, stride, pool):
+def test_transformer_block_matches_twin(variant, stride, pool, impl):
+    mc.implementation(impl)
     config = _tiny_config(variant=variant, pool=pool)
     rng = onp.random.default_rng(2)
     c_in, c_out = (16, 32) if stride == 2 else (32, 32)
-    grid = (3, 4) if stride == 2 else (5, 4)
-    params = _perturbed(
-        init_from_spec(
-            blocks.transformer_spec(c_in, c_out, stride, grid, config), rng, onp.float64
-        ),
-        rng,
-    )
-    x = rng.standard_normal((2, 5, 7, c_in) if stride == 2 else (2, 5, 4, c_in))
-    upstream = rng.standard_normal((2, *grid, c_out))
+    grid_in = (5, 7) if stride == 2 else (5, 4)
+    block = make_block(config, "T", c_in, c_out, stride, grid_in)
+    params = _perturbed(init_from_spec(blocks.transformer_spec(block), rng, onp.float64), rng)
+    x = rng.standard_normal((2, *grid_in, c_in))
+    upstream = rng.standard_normal((2, *block.grid_out, c_out))
 
-    twin = copy_into(Transformer(c_in, c_out, stride, grid, config).double(), params)
+    twin = copy_into(Transformer(block, config).double(), params)
     x_torch = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
     y_torch = twin(x_torch)
     y_torch.backward(torch.from_numpy(upstream.transpose(0, 3, 1, 2).copy()))
 
-    y = blocks.transformer_forward(params, x, stride, config)
+    y = blocks.transformer_forward(params, x, block, config)
     err = mc.rel_error(y, y_torch.detach().numpy().transpose(0, 2, 3, 1))
     assert err <= ORACLE_TOL, f"Transformer forward: ours vs torch error {err:.2e}"
 
     def objective(p):
-        return onp.sum(blocks.transformer_forward(p, x, stride, config) * upstream)
+        return onp.sum(blocks.transformer_forward(p, x, block, config) * upstream)
 
     assert_grads_match(grad(objective)(params), torch_grads_as_params(twin, params), "Transformer")
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("layout", ["CCTT", "VIT_REL"])
-def test_network_gradient_matches_finite_differences(layout):
+def test_network_gradient_matches_finite_differences(layout, impl):
     """Directional derivatives of the loss along random directions of the whole tree."""
+    mc.implementation(impl)
     config = _tiny_config(layout=layout, depths=(2, 1, 1, 1, 1), channels=(4, 8, 16, 16, 16))
     params, state, x, labels = _network_case(config, train=True)
 

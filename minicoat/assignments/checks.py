@@ -35,6 +35,7 @@ import minicoat as mc
 from .. import blocks
 from ..model import init_from_spec
 from ..optim import adamw_init, adamw_update, decay_mask
+from ..plan import make_block
 from ..tree import flatten, tree_map, unflatten
 
 ORACLE_TOL = 1e-10  # against minicoat and PyTorch; expect ~1e-15
@@ -433,9 +434,9 @@ def check_relative_attention(student_fn, variant="pre", shape=(2, 3, 4, 8), head
 # ===========================================================================================
 
 
-def _random_mbconv(rng, c_in, c_out, stride, cfg):
+def _random_mbconv(rng, block, cfg):
     """MBConv parameters and BatchNorm state with every leaf perturbed (no hiding 0s and 1s)."""
-    spec = blocks.mbconv_spec(c_in, c_out, stride, cfg)
+    spec = blocks.mbconv_spec(block)
     params = init_from_spec(spec, rng, np.float64)
     params = unflatten({
         k: v + (0.2 if k.endswith("gamma") else 0.1) * rng.standard_normal(v.shape)
@@ -444,16 +445,15 @@ def _random_mbconv(rng, c_in, c_out, stride, cfg):
     })
     state = {
         name: {"mean": _normal(rng, (ch,), 0.1), "var": 1.0 + rng.uniform(0.0, 0.5, ch)}
-        for name, ch in blocks.mbconv_state(c_in, c_out, cfg).items()
+        for name, ch in blocks.mbconv_state(block).items()
     }
     return params, state
 
 
 @_one_torch_thread()
-def _torch_mbconv(params, state, x, stride, cfg, train, g):
+def _torch_mbconv(params, state, x, block, cfg, train, g):
     torch, ops, network = _oracle()
-    c_in, c_out = x.shape[-1], params["project"]["w"].shape[1]
-    module = network.copy_into(network.MBConv(c_in, c_out, stride, cfg).double(), params, state)
+    module = network.copy_into(network.MBConv(block, cfg).double(), params, state)
     module.train(train)
     x_t = ops.nhwc_to_nchw(x).requires_grad_()
     y_t = module(x_t)
@@ -477,7 +477,8 @@ def check_mbconv(student_fn, stride=1, c_in=8, c_out=8, train=True, stride_at="e
     """
     rng = np.random.default_rng(seed)
     cfg = mc.config("coatnet-digits", stride_at=stride_at, pool=pool)
-    params, state = _random_mbconv(rng, c_in, c_out, stride, cfg)
+    block = make_block(cfg, "C", c_in, c_out, stride, shape[1:])
+    params, state = _random_mbconv(rng, block, cfg)
     x = _normal(rng, (*shape, c_in))
     context = (f"mbconv_forward(x {x.shape}, C_out={c_out}, stride={stride}, train={train}, "
                f"stride_at={stride_at!r}, pool={pool!r})")
@@ -485,9 +486,9 @@ def check_mbconv(student_fn, stride=1, c_in=8, c_out=8, train=True, stride_at="e
     result = _call(context, student_fn, params, state, x, stride, cfg, train)
     _require_unmodified(context, before, p=params, state=state)
     y, new_state = _pair(context, result, ("y", "new_state"))
-    y_mc, state_mc = blocks.mbconv_forward(params, state, x, stride, cfg, train)
+    y_mc, state_mc = blocks.mbconv_forward(params, state, x, block, cfg, train)
     g = _normal(rng, y_mc.shape)
-    y_torch, state_torch, dx_torch, dp_torch = _torch_mbconv(params, state, x, stride, cfg,
+    y_torch, state_torch, dx_torch, dp_torch = _torch_mbconv(params, state, x, block, cfg,
                                                              train, g)
     shortcut = blocks._shortcut(params, x, stride, pool)
     suspects = {"the block without its shortcut (y = shortcut(x) + main path)": y_mc - shortcut,

@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..model import _stages, check_params, param_spec, state_spec
+from ..model import check_params, param_spec, state_spec
+from ..plan import plan, stage_blocks
 from ..tree import flatten, unflatten
 
 # -- modules --------------------------------------------------------------------------------
@@ -63,9 +64,11 @@ class SqueezeExcite(nn.Module):
 
 
 class MBConv(nn.Module):
-    def __init__(self, c_in, c_out, stride, cfg):
+    """An MBConv block for its record in the plan (``minicoat.plan.Block``: widths, stride)."""
+
+    def __init__(self, block, cfg):
         super().__init__()
-        mid = c_out * cfg.mbconv_expand
+        c_in, c_out, mid, stride = block.c_in, block.c_out, block.expanded, block.stride
         expand_stride = stride if cfg.stride_at == "expand" else 1
         dw_stride = stride if cfg.stride_at == "depthwise" else 1
         self.shortcut = Shortcut(c_in, c_out, stride, cfg)
@@ -74,7 +77,7 @@ class MBConv(nn.Module):
         self.norm1 = nn.BatchNorm2d(mid)
         self.dw = nn.Conv2d(mid, mid, 3, stride=dw_stride, padding=1, groups=mid, bias=False)
         self.norm2 = nn.BatchNorm2d(mid)
-        self.se = SqueezeExcite(mid, max(1, int(c_in * cfg.se_ratio)), cfg)
+        self.se = SqueezeExcite(mid, block.se, cfg)
         self.project = nn.Conv2d(mid, c_out, 1)
         self.act = _gelu(cfg)
 
@@ -123,16 +126,18 @@ def _channels_last(module, x):
 
 
 class Transformer(nn.Module):
-    def __init__(self, c_in, c_out, stride, grid, cfg):
+    """A Transformer block for its record in the plan (``minicoat.plan.Block``)."""
+
+    def __init__(self, block, cfg):
         super().__init__()
+        c_in, c_out, stride = block.c_in, block.c_out, block.stride
         self.shortcut = Shortcut(c_in, c_out, stride, cfg)
         self.norm1 = nn.LayerNorm(c_in)
         self.pool = _pool(cfg.pool) if stride == 2 else nn.Identity()
-        self.attn = RelativeAttention(c_in, c_out, c_out // cfg.head_dim, grid, cfg.variant)
+        self.attn = RelativeAttention(c_in, c_out, block.heads, block.grid_out, cfg.variant)
         self.norm2 = nn.LayerNorm(c_out)
         self.ffn = nn.ModuleDict(
-            {"fc1": nn.Linear(c_out, c_out * cfg.ffn_expand),
-             "fc2": nn.Linear(c_out * cfg.ffn_expand, c_out)}
+            {"fc1": nn.Linear(c_out, block.expanded), "fc2": nn.Linear(block.expanded, c_out)}
         )
         self.act = _gelu(cfg)
 
@@ -167,30 +172,28 @@ class TorchCoAtNet(nn.Module):
         super().__init__()
         self.config = config
         stem = nn.ModuleDict()
-        if config.layout == "VIT_REL":
-            patch = math.prod(config.strides[:4])
-            stem["patch"] = nn.Conv2d(config.in_channels, config.channels[3], patch, patch)
-        else:
-            c_in, width = config.in_channels, config.channels[0]
-            for i in range(config.depths[0]):
-                last = i == config.depths[0] - 1
-                stride = config.strides[0] if i == 0 else 1
-                stem[f"conv{i}"] = nn.Conv2d(c_in, width, 3, stride, padding=1, bias=last)
+        layers = plan(config)
+        for block in stage_blocks(layers, 0):
+            if block.kind == "patch":
+                stem["patch"] = nn.Conv2d(block.c_in, block.c_out, block.stride, block.stride)
+            else:  # 3x3 convolutions, BN between them; the last one has a bias instead
+                last = block.index == len(stage_blocks(layers, 0)) - 1
+                stem[f"conv{block.index}"] = nn.Conv2d(
+                    block.c_in, block.c_out, 3, block.stride, padding=1, bias=last
+                )
                 if not last:
-                    stem[f"norm{i}"] = nn.BatchNorm2d(width)
-                c_in = width
+                    stem[f"norm{block.index}"] = nn.BatchNorm2d(block.c_out)
         self.stem = stem
         self.stage_names = []
-        for name, kind, depth, c_in, c_out, stride, grid in _stages(config):
-            blocks = nn.ModuleDict()
-            for b in range(depth):
-                block_in, block_stride = (c_in, stride) if b == 0 else (c_out, 1)
-                if kind == "C":
-                    blocks[f"block{b}"] = MBConv(block_in, c_out, block_stride, config)
-                else:
-                    blocks[f"block{b}"] = Transformer(block_in, c_out, block_stride, grid, config)
-            self.add_module(name, blocks)
-            self.stage_names.append(name)
+        for block in layers:
+            if block.stage == 0:
+                continue
+            stage, name = block.keys
+            if stage not in self.stage_names:
+                self.add_module(stage, nn.ModuleDict())
+                self.stage_names.append(stage)
+            make = MBConv if block.kind == "C" else Transformer
+            getattr(self, stage)[name] = make(block, config)
         self.head = Head(config.channels[4], config.head_hidden, config.num_classes)
         self.act = _gelu(config)
 

@@ -49,14 +49,17 @@ import minicoat as mc
 from minicoat.assignments import checks
 from minicoat.blocks import mbconv_spec, mbconv_state
 from minicoat.model import init_from_spec, init_state
+from minicoat.plan import make_block
 
 # %% [markdown]
-# The parameters are a nested dict (`mbconv_spec` lists the shapes):
+# The parameters are a nested dict (`mbconv_spec` lists the shapes of a block from 8 to 16
+# channels with stride 2 on a 6x6 map; `make_block` gives its widths, as the network's plan does):
 
 # %%
 cfg = mc.config("coatnet-digits")  # GELU "none", pool "max", stride_at "expand" (the paper)
-params = init_from_spec(mbconv_spec(8, 16, 2, cfg), np.random.default_rng(0), np.float64)
-state = init_state(mbconv_state(8, 16, cfg), np.float64)
+block = make_block(cfg, "C", c_in=8, c_out=16, stride=2, grid_in=(6, 6))
+params = init_from_spec(mbconv_spec(block), np.random.default_rng(0), np.float64)
+state = init_state(mbconv_state(block), np.float64)
 for group, leaves in params.items():
     print(f"{group:9s}", {name: value.shape for name, value in leaves.items()})
 print("state    ", {name: list(running) for name, running in state.items()})

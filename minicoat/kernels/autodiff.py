@@ -1,5 +1,8 @@
 """``value_and_grad`` and ``make_vjp``: autograd's reverse mode, with two changes that save memory.
 
+The ``fast`` implementation of ``minicoat.ops.value_and_grad`` (``traced`` and ``readable`` use
+autograd's own).
+
 How autograd's reverse mode works: while ``loss(params)`` runs on boxed arrays, every primitive
 op records a *node* whose ``vjp`` closure holds what the op's gradient will need (its inputs,
 often its output: the "saved activations"). The backward pass then visits the nodes from the
@@ -31,6 +34,8 @@ import warnings
 
 from autograd.core import VJPNode, add_outgrads, vspace
 from autograd.tracer import isbox, new_box, toposort, trace_stack
+
+from ..ops.implementation import register_kernel
 
 
 def _map_leaves(f, tree):
@@ -79,6 +84,7 @@ def make_vjp(fun, x):
     return vjp, value
 
 
+@register_kernel("value_and_grad")
 def value_and_grad(fun):
     """``fun(x) -> (fun(x), d fun / d x)`` for a scalar ``fun`` of one argument ``x``.
 

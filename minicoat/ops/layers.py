@@ -1,40 +1,23 @@
-"""Small layers built from the ops: linear, squeeze-excitation, cross-entropy."""
+"""Small layers built from the ops: squeeze-excitation and the cross-entropy loss.
+
+Squeeze-excitation (Hu et al. 2018) is the channel gate inside every MBConv block (paper,
+appendix A.1, following EfficientNet); cross-entropy with optional label smoothing is the
+training loss.
+"""
 
 import autograd.numpy as np
 import numpy as onp
 from autograd.tracer import getval
 
-from .activations import gelu, log_softmax, sigmoid
-from .checks import check_float, check_same_dtype
-from .conv import matmul_last
+from .activations import gelu, log_softmax, sigmoid, softmax_traced
+from .checks import check_float
+from .conv import linear
+from .implementation import dispatch, with_vjp
 from .pooling import global_avg_pool
 
 
-def linear(x, w, b=None):
-    """Affine map over the last axis: ``x @ w + b``.
-
-    Args:
-        x: ``(..., C_in)``; w: ``(C_in, C_out)``; b: ``(C_out,)`` or None.
-
-    Returns:
-        ``(..., C_out)``.
-    """
-    check_float("x", x)
-    check_float("w", w)
-    xs, ws = onp.shape(getval(x)), onp.shape(getval(w))
-    if len(ws) != 2 or xs[-1] != ws[0]:
-        raise ValueError(
-            f"w must have shape (C_in, C_out) with C_in = {xs[-1]} to match x of shape {xs}; "
-            f"got w of shape {ws}"
-        )
-    check_same_dtype(x=x, w=w, b=b)
-    if b is not None and onp.shape(getval(b)) != (ws[1],):
-        raise ValueError(f"b must have shape (C_out,) = ({ws[1]},), got {onp.shape(getval(b))}")
-    return matmul_last(x, w, b)
-
-
 def squeeze_excitation(x, p, approximate="none"):
-    """Squeeze-and-excitation (Hu et al. 2018), the channel gate inside MBConv.
+    """Squeeze-and-excitation, the channel gate inside MBConv.
 
     ``s = mean_{H,W}(x)``; ``gate = sigmoid(gelu(s @ w_reduce + b_reduce) @ w_expand + b_expand)``;
     ``y = x * gate`` broadcast over H and W.
@@ -50,6 +33,36 @@ def squeeze_excitation(x, p, approximate="none"):
     hidden = gelu(linear(squeezed, p["w_reduce"], p["b_reduce"]), approximate)  # (N, R)
     gate = sigmoid(linear(hidden, p["w_expand"], p["b_expand"]))  # (N, C)
     return x * gate[:, None, None, :]
+
+
+# -- cross-entropy --------------------------------------------------------------------------
+
+
+def _targets(labels, k, label_smoothing, dtype):
+    """``(1 - eps) * one_hot(labels) + eps / K``: (N,) ints -> (N, K) of ``dtype``."""
+    return onp.eye(k, dtype=dtype)[labels] * (1.0 - label_smoothing) + label_smoothing / k
+
+
+def cross_entropy_traced(logits, labels, label_smoothing=0.0):
+    """``-mean_n sum_k target[n, k] log_softmax(logits)[n, k]`` (shapes as ``cross_entropy``)."""
+    n, k = onp.shape(getval(logits))
+    target = _targets(labels, k, label_smoothing, getval(logits).dtype)
+    return -np.sum(target * log_softmax(logits, axis=-1)) * (1.0 / n)
+
+
+def cross_entropy_backward(g, logits, labels, label_smoothing=0.0):
+    """``d loss / d logits = (softmax(logits) - target) / N`` (each target row sums to 1), times
+    the scalar ``g``. Returns ``(d_logits, None, None)``."""
+    n, k = logits.shape
+    target = _targets(labels, k, label_smoothing, logits.dtype)
+    return g * (softmax_traced(logits, axis=-1) - target) * (1.0 / n), None, None
+
+
+_cross_entropy = dispatch(
+    "cross_entropy",
+    traced=cross_entropy_traced,
+    readable=with_vjp(cross_entropy_traced, cross_entropy_backward),
+)
 
 
 def cross_entropy(logits, labels, label_smoothing=0.0):
@@ -78,8 +91,6 @@ def cross_entropy(logits, labels, label_smoothing=0.0):
         raise ValueError(
             f"labels must be integers of shape (N,) = ({n},), got {labels.dtype} {labels.shape}"
         )
-    if n and (labels.min() < 0 or labels.max() >= k):
+    if labels.min() < 0 or labels.max() >= k:
         raise ValueError(f"labels must lie in [0, {k}), got range [{labels.min()}, {labels.max()}]")
-    dtype = getval(logits).dtype
-    target = onp.eye(k, dtype=dtype)[labels] * (1.0 - label_smoothing) + label_smoothing / k
-    return -np.sum(target * log_softmax(logits, axis=-1)) * (1.0 / n)
+    return _cross_entropy(logits, labels, label_smoothing)

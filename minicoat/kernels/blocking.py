@@ -1,0 +1,126 @@
+"""Blocking helpers of the kernel tier: walk large arrays in cache-sized pieces.
+
+Elementwise work on a feature map of several MB streams it through main memory once per NumPy
+pass; on blocks that fit in the cache the same passes run ~1.8x faster and temporaries stay
+block-sized (``docs/performance.md``). ``blockwise`` does this for row-wise functions,
+``channel_blocks`` writes per-channel vectors out per block, ``column_sums`` turns per-channel
+sums into one BLAS call, and ``padded_blocks`` pads a few images at a time for convolutions.
+"""
+
+import numpy as onp
+
+BLOCK = 1 << 16  # elements per block: 256 KiB of float32, which stays in the L2 cache
+
+
+def row_blocks(rows):
+    """Slices of ~``BLOCK`` elements (whole rows) over the rows of a 2-D array.
+
+    An array of at most ``2 * BLOCK`` elements is one slice.
+    """
+    if rows.size <= 2 * BLOCK:
+        return [slice(0, len(rows))]
+    step = max(1, BLOCK // max(1, rows.shape[1]))
+    return [slice(start, min(len(rows), start + step)) for start in range(0, len(rows), step)]
+
+
+def repeat_rows(vector, rows):
+    """A per-channel vector ``(C,)`` written out over ``rows`` rows: ``(rows, C)``, contiguous.
+
+    NumPy broadcasting a ``(C,)`` vector over a ``(rows, C)`` block runs its inner loop once
+    per row, and misses the fast loop it has for two contiguous arrays: 9-14 us per 64K
+    float32 values here (C = 32..256), against 4.5-6 us with the vector written out once and
+    reused for every block.
+    """
+    return onp.ascontiguousarray(onp.broadcast_to(vector, (rows, len(vector))))
+
+
+def channel_blocks(rows, *vectors):
+    """Yield ``(part, *vector_blocks)`` for each slice ``part`` of ``row_blocks(rows)``.
+
+    ``rows`` is ``(M, C)`` and each vector ``(C,)``; each comes out as ``(len(rows[part]), C)``,
+    written out once (``repeat_rows``) and sliced for every block.
+    """
+    parts = row_blocks(rows)
+    written = [repeat_rows(v, parts[0].stop - parts[0].start) for v in vectors]
+    for part in parts:
+        m = part.stop - part.start
+        yield (part, *(w[:m] for w in written))
+
+
+def blockwise(f, *arrays, channels=(), out=None):
+    """``f(*arrays, *channels)`` for same-shaped arrays, ~64K elements (whole rows) at a time.
+
+    ``f`` must act row by row on the last axis: elementwise, or with per-channel vectors
+    (as BatchNorm does). A composite elementwise function (the GELU below is ~20 NumPy passes)
+    applied to a whole feature map of several MB streams it through main memory once per
+    pass and allocates a full-size temporary per step; on blocks that fit in the cache the
+    same passes run ~1.8x faster (measured at MBConv shapes) and temporaries stay
+    block-sized. Small inputs go in one block. Plain NumPy (for primitives).
+
+    ``channels``: per-channel vectors ``(C,)``, C the arrays' last axis. ``f`` receives each
+    as ``(rows, C)``, the shape of the blocks it comes with (``channel_blocks``).
+    ``out``: a contiguous array of the same shape to write the result into (it may be one of
+    the inputs: each block is read before its result is written), instead of a new one.
+    """
+    arrays = [onp.asarray(a) for a in arrays]
+    shape = arrays[0].shape
+    width = shape[-1] if len(shape) > 1 else 1
+    rows = [onp.reshape(a, (-1, width)) for a in arrays]
+    if out is None:
+        out = onp.empty(shape, dtype=onp.result_type(*arrays))
+    out_rows = out.reshape(-1, width)  # a view: out is contiguous
+    for part, *vectors in channel_blocks(out_rows, *channels):
+        out_rows[part] = f(*(r[part] for r in rows), *vectors)
+    return out
+
+
+def column_sums(rows):
+    """``rows.sum(axis=0)`` of a 2-D array ``(M, C) -> (C,)``, as one matrix-vector product.
+
+    NumPy sums over axis 0 one row at a time, in an inner loop only C long: 28 us for 64K
+    float32 values at C = 32 here, against 4 us for BLAS's ``ones(M) @ rows``. (Both add the
+    values of a column in float32; the BLAS kernel keeps several partial sums.) Per-channel
+    sums of a feature map, as BatchNorm's and every bias gradient needs, are this.
+    """
+    return onp.ones(len(rows), dtype=rows.dtype) @ rows
+
+
+def column_dots(a, b, buffer=None):
+    """``(a * b).sum(axis=0)`` for 2-D ``a``, ``b`` of the same shape: ``(M, C) -> (C,)``.
+
+    The product goes into ``buffer`` (an array of that shape, reused) when one is given, and
+    the sum is ``column_sums`` (faster than ``einsum("mc,mc->c", a, b)`` at small C).
+    """
+    product = onp.multiply(a, b, out=buffer)
+    return column_sums(product)
+
+
+IMAGES_BLOCK = 1 << 18  # elements per block of whole images (1 MiB of float32)
+
+
+def image_blocks(n, image_elements):
+    """Slices of a batch of ``n`` images of ``image_elements`` each, ~``IMAGES_BLOCK`` per slice.
+
+    (At least one image per slice.)
+    """
+    per_block = max(1, IMAGES_BLOCK // max(1, image_elements))
+    for start in range(0, n, per_block):
+        yield slice(start, min(n, start + per_block))
+
+
+def padded_blocks(x, p, expansion=1):
+    """Yield ``(images, x_pad)``: a slice of the batch and those images zero-padded by ``p``.
+
+    A few images at a time (``image_blocks``), padded into one buffer reused from block to
+    block (its border stays zero), so that all the taps of a block run while it sits in the
+    cache: ~1.5x faster than padding the whole batch and sweeping it once per tap. A caller
+    that expands each block ``expansion``-fold (im2col: k*k) asks for blocks that much smaller.
+    """
+    n, h, wd, c = x.shape
+    x_pad = None
+    for images in image_blocks(n, h * wd * c * expansion):
+        m = images.stop - images.start
+        if x_pad is None:
+            x_pad = onp.zeros((m, h + 2 * p, wd + 2 * p, c), dtype=x.dtype)  # border stays 0
+        x_pad[:m, p : p + h, p : p + wd] = x[images]
+        yield images, x_pad[:m]

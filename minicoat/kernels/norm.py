@@ -1,0 +1,235 @@
+"""Normalisation kernels: BatchNorm and LayerNorm with blocked VJPs; BatchNorm+GELU fused.
+
+They register as the ``fast`` implementations of ``batch_norm``, ``batch_norm_gelu`` and
+``layer_norm`` (``minicoat/ops/norm.py``), take the arguments of those, already checked, and are
+tested equal to them. Measured reasons: ``docs/performance.md``.
+"""
+
+import autograd.numpy as np
+import numpy as onp
+from autograd.extend import defvjp_argnums, primitive
+from autograd.tracer import getval
+
+from ..ops.implementation import register_kernel
+from ..ops.norm import updated_running
+from .activations import gelu, gelu_derivative, gelu_values
+from .blocking import blockwise, channel_blocks, column_dots, column_sums
+
+
+def _channel_moments(x):
+    """Per-channel mean and biased variance of ``x`` over all axes but the last (plain NumPy).
+
+    The centred values are formed block by block (``channel_blocks``), never as a full array.
+    """
+    rows = x.reshape(-1, x.shape[-1])  # (M, C)
+    mean = column_sums(rows) * (1.0 / len(rows))
+    var = onp.zeros_like(mean)
+    for part, mean_rows in channel_blocks(rows, mean):
+        centered = rows[part] - mean_rows
+        var += column_dots(centered, centered, buffer=centered)
+    return mean, var * (1.0 / len(rows))
+
+
+@primitive
+def _batch_norm_train(x, gamma, beta, mean, var, eps):
+    """Training-mode BatchNorm ``(x - mean) / sqrt(var + eps) * gamma + beta``, hand VJP below.
+
+    ``mean`` and ``var`` must be x's own batch statistics (``_channel_moments(x)``): the caller
+    computes them once, as it also needs them for the running statistics, and the VJP
+    differentiates through them as the functions of ``x`` that they are.
+    """
+    return blockwise(_normalize, x, channels=(mean, gamma / onp.sqrt(var + eps), beta))
+
+
+def _normalize(x, mean, scale, beta):
+    """``(x - mean) * scale + beta`` on a block, the per-channel vectors as ``(rows, C)``."""
+    z = x - mean
+    z *= scale
+    z += beta
+    return z
+
+
+def _gradient_sums(x_rows, g_rows, mean):
+    """Per channel, ``(sum g, sum g (x - mean))`` over the rows ``(M, C)``, block by block."""
+    g_sum = column_sums(g_rows)
+    g_dot_centered = onp.zeros_like(g_sum)
+    for part, mean_rows in channel_blocks(x_rows, mean):
+        centered = x_rows[part] - mean_rows
+        g_dot_centered += column_dots(g_rows[part], centered, buffer=centered)
+    return g_sum, g_dot_centered
+
+
+def _batch_norm_backward(x, g, gamma, mean, var, eps, sums=None, out=None):
+    """Gradients ``(d_x, d_gamma, d_beta)`` of training-mode BatchNorm (plain NumPy).
+
+    With ``x_hat = (x - mean) / std``: ``d_beta = sum g``, ``d_gamma = sum g x_hat``, and
+    ``d_x = gamma / std * (g - mean(g) - x_hat mean(g x_hat))``, the mean and variance's own
+    dependence on ``x`` giving the two subtracted terms. Block by block, so that no full-size
+    temporary is made besides ``d_x`` itself. ``sums`` are ``_gradient_sums``, when the caller
+    has already made them; ``out`` receives ``d_x`` (it may be ``g``, if the caller owns it).
+    """
+    c = x.shape[-1]
+    n = x.size // c
+    inv_std = 1.0 / onp.sqrt(var + eps)
+    if sums is None:
+        sums = _gradient_sums(x.reshape(-1, c), g.reshape(-1, c), mean)
+    d_beta, g_dot_centered = sums
+    d_gamma = g_dot_centered * inv_std
+    scale = gamma * inv_std
+    centered_coef = scale * inv_std * d_gamma * (1.0 / n)
+    shift = scale * d_beta * (1.0 / n)
+    d_x = blockwise(_input_gradient, x, g, channels=(scale, mean, centered_coef, shift), out=out)
+    return d_x, d_gamma, d_beta
+
+
+def _input_gradient(x, g, scale, mean, centered_coef, shift):
+    """``d_x = g * scale - (x - mean) * centered_coef - shift`` on a block (``blockwise``)."""
+    d_x = g * scale
+    centered = x - mean
+    centered *= centered_coef
+    d_x -= centered
+    d_x -= shift
+    return d_x
+
+
+def _batch_norm_train_vjp(argnums, y, args, kwargs):
+    x, gamma, beta, mean, var, eps = args
+
+    def vjp(g):
+        grads = dict(enumerate(_batch_norm_backward(onp.asarray(x), g, gamma, mean, var, eps)))
+        return tuple(grads[i] for i in argnums)
+
+    return vjp
+
+
+defvjp_argnums(_batch_norm_train, _batch_norm_train_vjp)
+
+
+
+
+@register_kernel("batch_norm")
+def batch_norm(x, gamma, beta, running, train, momentum, eps):
+    """``batch_norm``: training mode by the primitive above; evaluation mode a traced affine map."""
+    if not train:
+        scale = gamma / np.sqrt(running["var"] + eps)  # (C,)
+        return (x - running["mean"]) * scale + beta, running
+    x_value = onp.asarray(getval(x))
+    mean, var = _channel_moments(x_value)
+    y = _batch_norm_train(x, gamma, beta, mean, var, eps)
+    return y, updated_running(running, mean, var, x_value.size // x_value.shape[-1], momentum)
+
+
+# -- BatchNorm followed by GELU, in one primitive -----------------------------------------
+
+@primitive
+def _batch_norm_gelu_train(x, gamma, beta, mean, var, eps, approximate):
+    """``GELU(BatchNorm(x))`` in training mode; ``mean``, ``var`` as in ``_batch_norm_train``."""
+    return blockwise(
+        lambda *block: gelu_values(_normalize(*block), approximate),
+        x, channels=(mean, gamma / onp.sqrt(var + eps), beta),
+    )
+
+
+def _batch_norm_gelu_train_vjp(argnums, y, args, kwargs):
+    x, gamma, beta, mean, var, eps, approximate = args
+
+    def vjp(g):
+        x_value = onp.asarray(x)
+        c = x_value.shape[-1]
+        scale = gamma / onp.sqrt(var + eps)
+        x_rows, y_rows, g_rows = (a.reshape(-1, c) for a in (x_value, y, g))
+        g_z = onp.empty_like(g_rows)  # the gradient w.r.t. z = BatchNorm(x), the GELU's input
+        g_sum, g_dot_centered = onp.zeros(c, g_z.dtype), onp.zeros(c, g_z.dtype)
+        for part, mean_rows, scale_rows, beta_rows in channel_blocks(x_rows, mean, scale, beta):
+            # z was not stored: recompute it from x, then g_z = g GELU'(z), GELU'(z) reading
+            # Phi(z) back from the output y (as activations.gelu does) ...
+            centered = x_rows[part] - mean_rows
+            z = centered * scale_rows
+            z += beta_rows
+            onp.multiply(g_rows[part], gelu_derivative(z, y_rows[part], approximate), out=g_z[part])
+            # ... and, while the block is in the cache, BatchNorm's two sums over it
+            g_sum += column_sums(g_z[part])
+            g_dot_centered += column_dots(g_z[part], centered, buffer=centered)
+        g_z = g_z.reshape(x_value.shape)
+        grads = _batch_norm_backward(  # d_x overwrites g_z, a full-size array fewer
+            x_value, g_z, gamma, mean, var, eps, sums=(g_sum, g_dot_centered), out=g_z
+        )
+        grads = dict(enumerate(grads))
+        return tuple(grads[i] for i in argnums)
+
+    return vjp
+
+
+defvjp_argnums(_batch_norm_gelu_train, _batch_norm_gelu_train_vjp)
+
+
+
+
+@register_kernel("batch_norm_gelu")
+def batch_norm_gelu(x, gamma, beta, running, train, approximate, momentum, eps):
+    """``GELU(BatchNorm(x))`` storing two arrays of x's size for the backward pass, not three.
+
+    The separate ops keep BatchNorm's input, the GELU's input and its output; the fused one
+    keeps x and the output and recomputes the normalised ``z`` from x when the gradient is
+    needed, one cheap elementwise pass. (torch's autograd stores all three.)
+    """
+    if not train:
+        y, running = batch_norm(x, gamma, beta, running, False, momentum, eps)
+        return gelu(y, approximate), running
+    x_value = onp.asarray(getval(x))
+    mean, var = _channel_moments(x_value)
+    y = _batch_norm_gelu_train(x, gamma, beta, mean, var, eps, approximate)
+    return y, updated_running(running, mean, var, x_value.size // x_value.shape[-1], momentum)
+
+
+# -- LayerNorm ------------------------------------------------------------------------------
+
+def _normalize_rows(x, eps):
+    """``x_hat = (x - mean) / sqrt(var + eps)`` over the last axis, and ``1 / sqrt(var + eps)``."""
+    c = x.shape[-1]
+    x_hat = x - x.sum(axis=-1, keepdims=True) * (1.0 / c)
+    var = onp.einsum("...c,...c->...", x_hat, x_hat)[..., None] * (1.0 / c)  # (..., 1)
+    inv_std = 1.0 / onp.sqrt(var + eps)
+    x_hat *= inv_std
+    return x_hat, inv_std
+
+
+@primitive
+def _layer_norm(x, gamma, beta, eps):
+    """LayerNorm over the last axis, with a VJP that recomputes ``x_hat`` instead of storing it."""
+    x_hat, _ = _normalize_rows(onp.asarray(x), eps)
+    x_hat *= gamma
+    x_hat += beta
+    return x_hat
+
+
+def _layer_norm_vjp(argnums, y, args, kwargs):
+    x, gamma, beta, eps = args
+    x = onp.asarray(x)
+    c = x.shape[-1]
+
+    def vjp(g):
+        # d_x_hat = g gamma; d_x = (d_x_hat - mean(d_x_hat) - x_hat mean(d_x_hat x_hat)) / std,
+        # means over the last axis; d_gamma = sum over rows of g x_hat, d_beta = sum of g.
+        x_hat, inv_std = _normalize_rows(x, eps)  # recomputed, not stored
+        g_rows = g.reshape(-1, c)
+        d_gamma = column_dots(g_rows, x_hat.reshape(-1, c))
+        d_beta = column_sums(g_rows)
+        d_x_hat = g * gamma
+        row_mean = d_x_hat.sum(axis=-1, keepdims=True) * (1.0 / c)
+        row_proj = onp.einsum("...c,...c->...", d_x_hat, x_hat)[..., None] * (1.0 / c)
+        d_x = x_hat
+        d_x *= -row_proj
+        d_x += d_x_hat
+        d_x -= row_mean
+        d_x *= inv_std
+        grads = {0: d_x, 1: d_gamma, 2: d_beta}
+        return tuple(grads[i] for i in argnums)
+
+    return vjp
+
+
+defvjp_argnums(_layer_norm, _layer_norm_vjp)
+
+
+register_kernel("layer_norm")(_layer_norm)

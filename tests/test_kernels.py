@@ -1,0 +1,135 @@
+"""What is particular to the kernel tier (``minicoat/kernels``, ``docs/performance.md``).
+
+That every kernel equals the traced and readable implementations, on shapes that cross its
+block boundaries, is ``test_implementations.py``; against finite differences and torch,
+``test_ops.py``. Here: the float32-only erf approximation against float64, to float32
+accuracy, in both tails and at the float32 maximum; the blocking helpers against one NumPy call;
+which maximum of a tied window gets max pooling's gradient.
+"""
+
+import warnings
+
+import autograd
+import autograd.numpy as anp
+import numpy as np
+import pytest
+import scipy.special
+
+import minicoat as mc
+from minicoat.kernels import activations, blocking
+
+
+@pytest.fixture(autouse=True)
+def _fast():
+    with mc.implementation("fast"):
+        yield
+
+
+def _vjps(f, inputs, seed=0):
+    """``f(*inputs)`` and its VJPs w.r.t. every input for one random upstream gradient."""
+    vjp, y = autograd.make_vjp(lambda args: f(*args))(tuple(inputs))
+    upstream = np.random.default_rng(seed).standard_normal(np.shape(y))
+    return y, vjp(upstream), upstream
+
+
+def normal(rng, *shape):
+    return rng.standard_normal(shape)
+
+
+# -- GELU --------------------------------------------------------------------------------
+
+
+def test_float32_normal_tail_is_accurate_to_float32():
+    a = np.linspace(0.0, 12.0, 100_001).astype(np.float32)
+    exact = 0.5 * scipy.special.erfc(a.astype(np.float64) / np.sqrt(2.0))  # Phi(-a)
+    fast = activations._lower_tail_float32(a)
+    assert fast.dtype == np.float32
+    assert np.max(np.abs(fast - exact)) <= 3e-7  # A&S 7.1.26: 7.5e-8, plus float32 rounding
+
+
+def test_float32_gelu_keeps_relative_precision_in_both_tails():
+    # max(x, 0) - |x| Phi(-|x|) has no 1 + erf(x) to cancel: far left, GELU(-9) ~ -1e-18 keeps
+    # its size to A&S's relative error (1.5% there; 1 + erf in float32 rounds it to 0), and far
+    # right it is x to the last bit, up to the float32 maximum.
+    x = np.array([-9.0, -6.0, -3.0, 3.0, 6.0, 1e4, 3e38], dtype=np.float32)
+    exact = x.astype(np.float64) * 0.5 * scipy.special.erfc(-x.astype(np.float64) / np.sqrt(2.0))
+    fast = activations.gelu_float32(x)
+    assert fast.dtype == np.float32
+    np.testing.assert_allclose(fast[:3], exact[:3], rtol=2e-2)
+    np.testing.assert_array_equal(fast[-3:], x[-3:])  # 3e38: no overflow on the way
+    assert np.all(fast[:3] < 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # x * x overflows inside; nothing may leak out as inf
+        vjp, y = autograd.make_vjp(mc.gelu)(x)
+        slope = vjp(np.ones_like(x))
+    np.testing.assert_array_equal(y[-3:], x[-3:])
+    np.testing.assert_allclose(slope[-3:], 1.0, rtol=1e-6)
+
+
+def test_float32_gelu_and_gradient_are_close_to_exact():
+    x = np.linspace(-10.0, 10.0, 100_001)
+    y32, (g32,), _ = _vjps(mc.gelu, [x.astype(np.float32)])
+    cdf = 0.5 * scipy.special.erfc(-x / np.sqrt(2.0))
+    exact_grad = cdf + x * np.exp(-0.5 * x * x) / np.sqrt(2.0 * np.pi)
+    upstream = np.random.default_rng(0).standard_normal(x.shape).astype(np.float32)
+    vjp, _ = autograd.make_vjp(mc.gelu)(x.astype(np.float32))
+    assert y32.dtype == np.float32 and g32.dtype == np.float32
+    assert np.max(np.abs(y32 - x * cdf) / (1.0 + np.abs(x))) <= 3e-7
+    assert np.max(np.abs(vjp(upstream) - upstream * exact_grad)) <= 2e-6 * np.max(np.abs(upstream))
+
+
+def test_blockwise_equals_one_call():
+    rng = np.random.default_rng(1)
+    x = normal(rng, 5, 3, blocking.BLOCK // 4 + 3).astype(np.float32)
+    g = normal(rng, *x.shape).astype(np.float32)
+
+    def f(a, b):
+        return a * b + anp.tanh(a)
+
+    np.testing.assert_array_equal(blocking.blockwise(f, x, g), f(x, g))
+
+
+@pytest.mark.parametrize("rows", [7, blocking.BLOCK // 16 * 3 + 5])  # one block; several
+def test_blockwise_channels_are_the_broadcast_vectors(rows):
+    rng = np.random.default_rng(2)
+    x = normal(rng, rows, 16).astype(np.float32)
+    mean, scale = normal(rng, 16).astype(np.float32), normal(rng, 16).astype(np.float32)
+
+    def f(x, mean, scale):
+        assert mean.shape == scale.shape == x.shape  # written out over the block's rows
+        return (x - mean) * scale
+
+    np.testing.assert_array_equal(
+        blocking.blockwise(f, x, channels=(mean, scale)), (x - mean) * scale
+    )
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 3), (300, 32), (4096, 7)])
+def test_column_sums_and_dots_equal_numpy(shape, dtype):
+    rng = np.random.default_rng(3)
+    a, b = normal(rng, *shape).astype(dtype), normal(rng, *shape).astype(dtype)
+    sums, dots = blocking.column_sums(a), blocking.column_dots(a, b)
+    assert sums.dtype == dots.dtype == dtype and sums.shape == dots.shape == shape[1:]
+    tol = 1e-5 if dtype == np.float32 else 1e-12  # both add in the array's dtype
+    exact_sums = a.astype(np.float64).sum(axis=0)
+    exact_dots = (a.astype(np.float64) * b).sum(axis=0)
+    np.testing.assert_allclose(sums, exact_sums, rtol=tol, atol=tol * np.sqrt(shape[0]))
+    np.testing.assert_allclose(dots, exact_dots, rtol=tol, atol=tol * np.sqrt(shape[0]))
+    buffer = np.empty_like(a)
+    np.testing.assert_array_equal(blocking.column_dots(a, b, buffer=buffer), dots)
+
+
+def test_batch_norm_gelu_rejects_an_unknown_gelu():
+    x = np.ones((2, 1, 1, 3))
+    running = {"mean": np.zeros(3), "var": np.ones(3)}
+    with pytest.raises(ValueError, match="approximate must be 'none' or 'tanh'"):
+        mc.batch_norm_gelu(x, np.ones(3), np.zeros(3), running, True, "erf")
+
+
+@pytest.mark.parametrize("impl", ["readable", "fast"])
+def test_max_pool_gives_a_tied_window_gradient_to_its_first_maximum(impl):
+    x = np.zeros((1, 2, 2, 1))
+    with mc.implementation(impl):
+        _, (grad,), _ = _vjps(mc.max_pool2d, [x])
+    assert np.count_nonzero(grad) == 1 and grad[0, 0, 0, 0] != 0.0
