@@ -4,18 +4,21 @@ One run on one machine measures, for each hot op (depthwise and dense convolutio
 attention "pre" and "post", an MBConv and a Transformer block) its forward and its
 forward+backward time in minicoat and in the PyTorch twin (``minicoat.oracle``: NCHW, the same
 weights, float32), and a full training step (forward, backward, AdamW update) of a small
-preset at two batch sizes. It prints one Markdown table::
+preset at two batch sizes; and, in a ``readable ms`` column, the same NumPy work with the
+readable implementation (the teaching tier's hand-written VJPs, no kernel), so that the table
+shows what the kernels buy. It prints one Markdown table::
 
     python -m minicoat.bench                 # or: minicoat bench
     python -m minicoat.bench --json out.json # also write machine-readable results
     python -m minicoat.bench --quick         # tiny shapes, one repeat: a smoke test
     python -m minicoat.bench --scaling       # + how time and memory grow (batch, image, depth, T)
+    python -m minicoat.bench --no-readable   # without the readable column (quicker)
 
 How it measures:
 
 * time: the median of repeated runs (``time.perf_counter``), each framework in blocks of runs
   that start with untimed warm-up runs (>= 0.25 s), blocks alternating NumPy, torch, NumPy, ...
-  so that a drifting background load hits both alike (``time_pair`` says why not single runs);
+  so that a drifting background load hits both alike (``time_blocks`` says why not single runs);
 * peak memory: NumPy's by ``tracemalloc`` (NumPy reports its array allocations to it) and, for
   both frameworks, by the growth of the process's peak resident set size (Linux: reset
   ``VmHWM`` through ``/proc/self/clear_refs`` after ``malloc_trim``, run once, read it back);
@@ -57,8 +60,15 @@ import numpy as np
 
 from . import blocks, model
 from .configs import config as preset
-from .kernels import autodiff
-from .ops import conv2d, cross_entropy, depthwise_conv2d, relative_attention
+from .ops import (
+    conv2d,
+    cross_entropy,
+    depthwise_conv2d,
+    implementation,
+    make_vjp,
+    relative_attention,
+    value_and_grad,
+)
 from .optim import adamw_init, adamw_update
 from .plan import make_block
 
@@ -71,27 +81,28 @@ LR, WEIGHT_DECAY = 1e-3, 0.05  # AdamW in both frameworks, decay on every leaf (
 # ----------------------------------------------------------------------------------------
 
 
-def time_pair(numpy_fn, torch_fn, repeats, warmup=1, budget_s=20.0, rounds=3, settle_s=0.25):
-    """Median milliseconds of ``numpy_fn()`` and ``torch_fn()``, in alternating blocks of runs.
+def time_blocks(fns, repeats, warmup=1, budget_s=20.0, rounds=3, settle_s=0.25):
+    """Median milliseconds of each of ``fns`` (NumPy, torch, ...), in alternating blocks of runs.
 
-    Each framework runs in blocks: first untimed runs (at least ``warmup`` of them, and at
+    Each function runs in blocks: first untimed runs (at least ``warmup`` of them, and at
     least ``settle_s`` seconds' worth), then its share of the ``repeats`` timed runs. The blocks
-    alternate, numpy then torch, ``rounds`` times (fewer once ``budget_s`` seconds are spent and
-    3 runs each are timed), so that a slow drift of the machine's load hits both alike.
+    alternate, numpy then torch (then the readable implementation), ``rounds`` times (fewer once
+    ``budget_s`` seconds are spent and 3 runs each are timed), so that a slow drift of the
+    machine's load hits all alike.
 
     Why blocks and the settling time: after a parallel region the worker threads of OpenBLAS
     (NumPy's matrix products) and of torch keep spinning on the cores for a while before they
     sleep. A run that starts right after the other framework's competes with them for the two
     cores; timing single runs alternately slowed both 1.5-10x at the op sizes here (conv2d
     forward: numpy 5.3 -> 15.3 ms, torch 2.1 -> 28.4 ms). Returns
-    ``(numpy_ms, torch_ms, samples)``.
+    ``(milliseconds per function, samples per function)``.
     """
     rounds = max(1, min(rounds, repeats))
     per_round = -(-repeats // rounds)  # ceil
-    times = ([], [])
+    times = tuple([] for _ in fns)
     start = time.perf_counter()
     for _ in range(rounds):
-        for fn, samples in zip((numpy_fn, torch_fn), times, strict=True):
+        for fn, samples in zip(fns, times, strict=True):
             settle_until = time.perf_counter() + settle_s
             for i in itertools.count():
                 if i >= warmup and time.perf_counter() >= settle_until:
@@ -103,7 +114,17 @@ def time_pair(numpy_fn, torch_fn, repeats, warmup=1, budget_s=20.0, rounds=3, se
                 samples.append(time.perf_counter() - t0)
         if len(times[0]) >= 3 and time.perf_counter() - start > budget_s:
             break
-    return statistics.median(times[0]) * 1e3, statistics.median(times[1]) * 1e3, len(times[0])
+    return [statistics.median(t) * 1e3 for t in times], len(times[0])
+
+
+def readable(fn):
+    """``fn`` run with the readable implementation: the teaching tier, no kernel."""
+
+    def run():
+        with implementation("readable"):
+            return fn()
+
+    return run
 
 
 def _libc():
@@ -197,7 +218,7 @@ def _op_item(name, shape, flops, f, inputs, f_torch, torch_inputs):
         g_torch = torch.from_numpy(g.copy()).reshape(f_torch(*torch_inputs).shape)
 
     def numpy_fwd_bwd():
-        vjp, _ = autodiff.make_vjp(lambda args: f(*args), tuple(inputs))
+        vjp, _ = make_vjp(lambda args: f(*args), tuple(inputs))
         return vjp(g)
 
     def torch_fwd():
@@ -224,7 +245,7 @@ def _module_item(name, shape, flops, f, x, params, module, x_torch):
     g_torch = _nchw(torch, g)
 
     def numpy_fwd_bwd():
-        vjp, _ = autodiff.make_vjp(lambda args: f(*args), (x, params))
+        vjp, _ = make_vjp(lambda args: f(*args), (x, params))
         return vjp(g)
 
     def torch_fwd():
@@ -391,11 +412,10 @@ def step_item(cfg, n, name=None):
         logits, _ = model.forward(p, state, x, cfg, train=True, check=False)
         return cross_entropy(logits, labels)
 
-    loss_and_grad = autodiff.value_and_grad(loss)
     current = {"params": params, "opt": adamw_init(params)}
 
     def numpy_step():
-        _, grads = loss_and_grad(current["params"])
+        _, grads = value_and_grad(loss)(current["params"])
         current["params"], current["opt"] = adamw_update(
             current["params"], grads, current["opt"], LR, weight_decay=WEIGHT_DECAY, mask=None
         )
@@ -440,16 +460,17 @@ def peak_rss_mb_fresh_process(item, framework, mode):
 
 
 def measure(item, mode, repeats, warmup, memory=True, budget_s=20.0, fresh_rss=True,
-            settle_s=0.25):
+            settle_s=0.25, with_readable=False):
     """Time (and optionally the peak memory of) one item in one mode, in both frameworks.
 
     ``fresh_rss``: measure the RSS of an item that can be rebuilt (a training step) in a
     fresh process per framework; False keeps it in this process (quicker, less faithful).
+    ``with_readable``: also time NumPy with the readable implementation (``readable_ms``).
     """
     np_fn, torch_fn = item.numpy[mode], item.torch[mode]
-    numpy_ms, torch_ms, samples = time_pair(
-        np_fn, torch_fn, repeats, warmup, budget_s, settle_s=settle_s
-    )
+    fns = (np_fn, torch_fn, readable(np_fn)) if with_readable else (np_fn, torch_fn)
+    times, samples = time_blocks(fns, repeats, warmup, budget_s, settle_s=settle_s)
+    numpy_ms, torch_ms = times[:2]
     row = {
         "name": item.name,
         "mode": mode,
@@ -460,6 +481,8 @@ def measure(item, mode, repeats, warmup, memory=True, budget_s=20.0, fresh_rss=T
         "samples": samples,
         "flops": item.flops * (1 if mode == "fwd" else 3),
     }
+    if with_readable:
+        row["readable_ms"] = times[2]
     if memory:
         row["numpy_peak_mb_tracemalloc"] = peak_tracemalloc_mb(np_fn)
         for fw, fn in (("numpy", np_fn), ("torch", torch_fn)):
@@ -504,7 +527,7 @@ def hot_items(quick):
     ]
 
 
-def run_table(quick, only=None, repeats=None):
+def run_table(quick, only=None, repeats=None, with_readable=True):
     """Measure every row; returns (rows, matmul peak GFLOP/s per framework)."""
     op_repeats = repeats or (1 if quick else 15)
     step_repeats = repeats or (1 if quick else 5)
@@ -520,7 +543,7 @@ def run_table(quick, only=None, repeats=None):
     for item, mode, reps in items:
         if only and only not in item.name:
             continue
-        row = measure(item, mode, reps, 1, settle_s=settle)
+        row = measure(item, mode, reps, 1, settle_s=settle, with_readable=with_readable)
         rows.append(_add_gflops(row, peak))
         print(f"  measured {item.name} [{mode}] {item.shape}", file=sys.stderr, flush=True)
     return rows, peak
@@ -670,16 +693,20 @@ def _rate(row, fw):
 
 
 def format_table(rows):
-    """The main table as Markdown."""
+    """The main table as Markdown (``readable ms``: NumPy without the kernels, if measured)."""
     lines = [
-        "| name | mode | shape | numpy ms | torch ms | numpy/torch | numpy MB (tracemalloc) "
-        "| numpy MB (RSS) | torch MB (RSS) | numpy GFLOP/s (% peak) | torch GFLOP/s (% peak) |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| name | mode | shape | numpy ms | torch ms | numpy/torch | readable ms | readable/fast "
+        "| numpy MB (tracemalloc) | numpy MB (RSS) | torch MB (RSS) | numpy GFLOP/s (% peak) "
+        "| torch GFLOP/s (% peak) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        readable_ms = r.get("readable_ms")
+        speedup = None if readable_ms is None else readable_ms / r["numpy_ms"]
         lines.append(
             f"| {r['name']} | {r['mode']} | {r['shape']} | {r['numpy_ms']:.2f} | "
-            f"{r['torch_ms']:.2f} | {r['ratio']:.2f} | {_fmt(r.get('numpy_peak_mb_tracemalloc'))} "
+            f"{r['torch_ms']:.2f} | {r['ratio']:.2f} | {_fmt(readable_ms, '.2f')} | "
+            f"{_fmt(speedup, '.2f')} | {_fmt(r.get('numpy_peak_mb_tracemalloc'))} "
             f"| {_fmt(r.get('numpy_peak_mb_rss'))} | {_fmt(r.get('torch_peak_mb_rss'))} | "
             f"{_rate(r, 'numpy')} | {_rate(r, 'torch')} |"
         )
@@ -761,10 +788,16 @@ def main(argv=None):
     )
     parser.add_argument("--only", metavar="NAME", help="only rows whose name contains NAME")
     parser.add_argument("--repeats", type=int, help="timed runs per row (default 15 / 5 steps)")
+    parser.add_argument(
+        "--no-readable", action="store_true",
+        help="skip the readable column (NumPy with the teaching tier's VJPs, no kernels)",
+    )
     args = parser.parse_args(argv)
+    if args.repeats is not None and args.repeats < 1:
+        parser.error(f"--repeats must be a positive integer, got {args.repeats}")
 
     info = machine_info()
-    rows, peak = run_table(args.quick, args.only, args.repeats)
+    rows, peak = run_table(args.quick, args.only, args.repeats, not args.no_readable)
     info["load_average_at_end"] = _load_average()
     print(format_header(info, peak))
     print(format_table(rows))

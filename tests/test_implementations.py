@@ -24,7 +24,7 @@ from op_cases import CASES, Gen
 import minicoat as mc
 from minicoat.configs import PRESETS
 from minicoat.kernels import autodiff, blocking
-from minicoat.ops.implementation import implementations_of, ops
+from minicoat.ops.switch import implementations_of, ops
 
 TOL = 1e-12
 SETTINGS = settings(max_examples=15, deadline=None, derandomize=True, database=None)

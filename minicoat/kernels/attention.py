@@ -11,7 +11,7 @@ import math
 import numpy as onp
 from autograd.extend import defvjp, defvjp_argnums, primitive
 
-from ..ops.implementation import register_kernel
+from ..ops.switch import register_kernel
 
 
 @primitive
@@ -19,7 +19,7 @@ def gather_rel_bias(rel_bias, index):
     """``(heads, L), (T, T) int -> (heads, T, T)``: ``B[h, i, j] = rel_bias[h, index[i, j]]``.
 
     The VJP sums the gradient of every pair that shares an offset back into its table entry,
-    one ``np.bincount`` per head (much faster than the traced ``np.add.at``).
+    one ``np.bincount`` per head (instead of the readable ``np.add.at``).
     """
     return rel_bias[:, index]
 

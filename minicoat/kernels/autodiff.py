@@ -18,14 +18,13 @@ loss back to the inputs, each turning the gradient of its output into gradients 
 2. **One root per leaf.** autograd boxes the whole parameter tree as *one* input, and every
    ``params["s1"]["block0"]...`` becomes a traced ``container_take``; in the backward pass each
    dict level then builds a zero-filled copy of all its leaves and adds the gradients of its
-   children into it, level by level (a second copy of all the gradients, and ~50 ms of
-   bookkeeping per ``coatnet-cifar`` step). Here every leaf array of the input tree gets its
+   children into it, level by level (a second copy of all the gradients, and much
+   bookkeeping). Here every leaf array of the input tree gets its
    own box and root node, the function receives a plain dict of boxed arrays, and each leaf's
    gradient is read off its root.
 
-The gradients are the same, bit for bit (``tests/test_autodiff.py``). Against autograd's own
-``value_and_grad``, a ``coatnet-cifar`` training step's peak memory is 18-19% lower and its
-gradient 10-30% faster (batch 128 and 32; ``docs/performance.md``). It relies on
+The gradients are the same, bit for bit (``tests/test_autodiff.py``); what the two changes buy
+in memory and time is measured in ``docs/performance.md``. It relies on
 autograd's internals ``trace_stack``, ``new_box``, ``VJPNode`` and ``toposort`` (autograd 1.9.1
 here; the tests compare against ``autograd.value_and_grad`` and would catch a change).
 """
@@ -35,7 +34,7 @@ import warnings
 from autograd.core import VJPNode, add_outgrads, vspace
 from autograd.tracer import isbox, new_box, toposort, trace_stack
 
-from ..ops.implementation import register_kernel
+from ..ops.switch import register_kernel
 
 
 def _map_leaves(f, tree):
@@ -47,6 +46,7 @@ def _map_leaves(f, tree):
     return f(tree)
 
 
+@register_kernel("make_vjp")
 def make_vjp(fun, x):
     """``(vjp, fun(x))`` like ``autograd.make_vjp(fun)(x)``: ``vjp(g)`` is ``g`` times the Jacobian.
 

@@ -1,8 +1,8 @@
 """Blocking helpers of the kernel tier: walk large arrays in cache-sized pieces.
 
 Elementwise work on a feature map of several MB streams it through main memory once per NumPy
-pass; on blocks that fit in the cache the same passes run ~1.8x faster and temporaries stay
-block-sized (``docs/performance.md``). ``blockwise`` does this for row-wise functions,
+pass; on blocks that fit in the cache the same passes run faster and temporaries stay
+block-sized (measured in ``docs/performance.md``). ``blockwise`` does this for row-wise functions,
 ``channel_blocks`` writes per-channel vectors out per block, ``column_sums`` turns per-channel
 sums into one BLAS call, and ``padded_blocks`` pads a few images at a time for convolutions.
 """
@@ -27,9 +27,8 @@ def repeat_rows(vector, rows):
     """A per-channel vector ``(C,)`` written out over ``rows`` rows: ``(rows, C)``, contiguous.
 
     NumPy broadcasting a ``(C,)`` vector over a ``(rows, C)`` block runs its inner loop once
-    per row, and misses the fast loop it has for two contiguous arrays: 9-14 us per 64K
-    float32 values here (C = 32..256), against 4.5-6 us with the vector written out once and
-    reused for every block.
+    per row, and misses the fast loop it has for two contiguous arrays; written out once and
+    reused for every block, the vector costs that loop no more (``docs/performance.md``, 15).
     """
     return onp.ascontiguousarray(onp.broadcast_to(vector, (rows, len(vector))))
 
@@ -51,11 +50,11 @@ def blockwise(f, *arrays, channels=(), out=None):
     """``f(*arrays, *channels)`` for same-shaped arrays, ~64K elements (whole rows) at a time.
 
     ``f`` must act row by row on the last axis: elementwise, or with per-channel vectors
-    (as BatchNorm does). A composite elementwise function (the GELU below is ~20 NumPy passes)
-    applied to a whole feature map of several MB streams it through main memory once per
-    pass and allocates a full-size temporary per step; on blocks that fit in the cache the
-    same passes run ~1.8x faster (measured at MBConv shapes) and temporaries stay
-    block-sized. Small inputs go in one block. Plain NumPy (for primitives).
+    (as BatchNorm does). A composite elementwise function (the float32 GELU is ~20 NumPy
+    passes) applied to a whole feature map of several MB streams it through main memory once
+    per pass and allocates a full-size temporary per step; on blocks that fit in the cache the
+    same passes run faster and temporaries stay block-sized. Small inputs go in one block.
+    Plain NumPy (for primitives).
 
     ``channels``: per-channel vectors ``(C,)``, C the arrays' last axis. ``f`` receives each
     as ``(rows, C)``, the shape of the blocks it comes with (``channel_blocks``).
@@ -77,10 +76,10 @@ def blockwise(f, *arrays, channels=(), out=None):
 def column_sums(rows):
     """``rows.sum(axis=0)`` of a 2-D array ``(M, C) -> (C,)``, as one matrix-vector product.
 
-    NumPy sums over axis 0 one row at a time, in an inner loop only C long: 28 us for 64K
-    float32 values at C = 32 here, against 4 us for BLAS's ``ones(M) @ rows``. (Both add the
-    values of a column in float32; the BLAS kernel keeps several partial sums.) Per-channel
-    sums of a feature map, as BatchNorm's and every bias gradient needs, are this.
+    NumPy sums over axis 0 one row at a time, in an inner loop only C long; BLAS's
+    ``ones(M) @ rows`` is one call (``docs/performance.md``, 16). (Both add the values of a
+    column in float32; the BLAS kernel keeps several partial sums.) Per-channel sums of a
+    feature map, as BatchNorm's and every bias gradient needs, are this.
     """
     return onp.ones(len(rows), dtype=rows.dtype) @ rows
 
@@ -89,7 +88,7 @@ def column_dots(a, b, buffer=None):
     """``(a * b).sum(axis=0)`` for 2-D ``a``, ``b`` of the same shape: ``(M, C) -> (C,)``.
 
     The product goes into ``buffer`` (an array of that shape, reused) when one is given, and
-    the sum is ``column_sums`` (faster than ``einsum("mc,mc->c", a, b)`` at small C).
+    the sum is ``column_sums`` (rather than ``einsum("mc,mc->c", a, b)``).
     """
     product = onp.multiply(a, b, out=buffer)
     return column_sums(product)
@@ -113,7 +112,7 @@ def padded_blocks(x, p, expansion=1):
 
     A few images at a time (``image_blocks``), padded into one buffer reused from block to
     block (its border stays zero), so that all the taps of a block run while it sits in the
-    cache: ~1.5x faster than padding the whole batch and sweeping it once per tap. A caller
+    cache, instead of padding the whole batch and sweeping it once per tap. A caller
     that expands each block ``expansion``-fold (im2col: k*k) asks for blocks that much smaller.
     """
     n, h, wd, c = x.shape

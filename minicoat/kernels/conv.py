@@ -9,7 +9,7 @@ import numpy as onp
 from autograd.extend import defvjp, defvjp_argnums, primitive
 
 from ..ops.conv import output_size, tap
-from ..ops.implementation import register_kernel
+from ..ops.switch import register_kernel
 from .blocking import column_sums, image_blocks, padded_blocks
 
 
@@ -19,7 +19,7 @@ def _depthwise_blocked(x, w, stride):
     Each product goes into a preallocated buffer (``out=``) instead of a fresh array. Each
     tap's weights are laid out along a whole output row, ``(Wo, C)``: multiplied by a ``(C,)``
     vector, NumPy's inner loop would run over the C channels of one pixel at a time; against
-    a ``(Wo, C)`` array it runs over the Wo*C contiguous values of a row (1.6x faster here).
+    a ``(Wo, C)`` array it runs over the Wo*C contiguous values of a row.
     """
     k = w.shape[0]
     n, h, wd, c = x.shape
@@ -201,7 +201,7 @@ def matmul_last(x, w, b=None):
     ``x @ w`` with ``x`` of 3 or 4 axes is the same product, but NumPy runs it as a stack of
     small products, and autograd's gradient for ``w`` then builds one ``(C_in, C_out)`` product
     per leading index before summing them. Flattening the leading axes first makes the forward
-    and both gradients single BLAS calls (measured: several times faster at MBConv shapes).
+    and both gradients single BLAS calls (``docs/performance.md``, 1).
 
     A primitive with the hand-written VJP above, which keeps only ``x`` and ``w``: the traced
     ``x @ w + b`` would also keep ``x @ w`` and the sum (autograd's own VJPs hold every input

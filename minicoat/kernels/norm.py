@@ -10,7 +10,7 @@ import numpy as onp
 from autograd.extend import defvjp_argnums, primitive
 from autograd.tracer import getval
 
-from ..ops.implementation import register_kernel
+from ..ops.switch import register_kernel
 from ..ops.norm import updated_running
 from .activations import gelu, gelu_derivative, gelu_values
 from .blocking import blockwise, channel_blocks, column_dots, column_sums

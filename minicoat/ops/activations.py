@@ -19,7 +19,7 @@ import scipy.special
 from autograd.tracer import getval
 
 from .checks import check_float
-from .implementation import dispatch, with_vjp
+from .switch import dispatch, with_vjp
 
 INV_SQRT2 = 1.0 / math.sqrt(2.0)
 INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)

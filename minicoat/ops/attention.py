@@ -28,7 +28,7 @@ import numpy as onp
 from .activations import softmax, softmax_traced
 from .checks import check_attention_args
 from .conv import linear
-from .implementation import dispatch, with_vjp
+from .switch import dispatch, with_vjp
 
 VARIANTS = ("pre", "post")
 

@@ -27,7 +27,7 @@ from .checks import (
     check_same_dtype,
     check_stride,
 )
-from .implementation import dispatch, with_vjp
+from .switch import dispatch, with_vjp
 
 
 def output_size(n, k, stride):
@@ -149,7 +149,7 @@ def conv2d_backward(g, x, w, b=None, stride=1):
             s_rows = tap(x_pad, di, dj, ho, wo, stride).reshape(-1, c_in)  # (N*Ho*Wo, Ci)
             dw[di, dj] = s_rows.T @ g_rows  # (Ci, Co)
             window = tap(dx_pad, di, dj, ho, wo, stride)  # a view of dx_pad
-            window += g @ w[di, dj].T  # ds = g w_t^T: (N, Ho, Wo, Co) @ (Co, Ci)
+            window += (g_rows @ w[di, dj].T).reshape(window.shape)  # ds = g w_t^T
     db = None if b is None else g_rows.sum(axis=0)  # y = ... + b: db sums g over the pixels
     return dx_pad[:, p : p + h, p : p + wd, :], dw, db, None
 

@@ -12,7 +12,7 @@ from autograd.tracer import getval
 from .activations import gelu, log_softmax, sigmoid, softmax_traced
 from .checks import check_float
 from .conv import linear
-from .implementation import dispatch, with_vjp
+from .switch import dispatch, with_vjp
 from .pooling import global_avg_pool
 
 

@@ -24,7 +24,7 @@ from autograd.tracer import getval
 
 from .activations import check_approximate, gelu
 from .checks import check_batch_norm_args, check_layer_norm_args
-from .implementation import dispatch, with_vjp
+from .switch import dispatch, with_vjp
 
 BN_EPS = 1e-5  # PyTorch's default for both norms
 LN_EPS = 1e-5

@@ -16,7 +16,7 @@ import autograd.numpy as np
 import numpy as onp
 
 from .checks import check_float, check_rank
-from .implementation import dispatch, with_vjp
+from .switch import dispatch, with_vjp
 
 
 def _check_map(x):
