@@ -21,15 +21,19 @@
 # over positions. This notebook takes the convolution half apart:
 #
 # 1. the paper's equation (1), written as a naive loop over pixels;
-# 2. the vectorised "one slice per kernel tap" version in `minicoat` and its fast twin;
+# 2. the vectorised "one slice per kernel tap" version in `minicoat`, and the three
+#    implementations every op of minicoat has (traced, readable, fast);
 # 3. the hand-written backward pass (the vector-Jacobian product, VJP), derived step by step and
 #    checked three ways: against autograd's traced gradient, finite differences and PyTorch;
-# 4. a timing comparison of traced vs hand-written backward;
+# 4. a timing comparison of the three implementations;
 # 5. pictures of kernels *learned* by gradient descent.
 #
-# Source: [`minicoat/conv.py`](../minicoat/conv.py). Everything below runs in a few seconds.
+# Source: [`minicoat/ops/conv.py`](../minicoat/ops/conv.py), the file a student reads; the fast
+# kernel is in [`minicoat/kernels/conv.py`](../minicoat/kernels/conv.py). Everything below runs
+# in a few seconds.
 
 # %%
+import inspect
 import time
 
 import autograd.numpy as anp  # NumPy traced by autograd: for functions we differentiate
@@ -37,9 +41,16 @@ import matplotlib.pyplot as plt
 import numpy as np  # plain NumPy for everything else
 import torch
 from autograd import grad, make_vjp
+from IPython.display import Code
 
 import minicoat as mc
+from minicoat.ops import conv as conv_ops  # the teaching tier's convolutions
 from minicoat.oracle import ops as oracle
+
+
+def show(function):
+    """The source of one of minicoat's functions, as the package has it."""
+    return Code(inspect.getsource(function), language="python")
 
 torch.set_num_threads(1)  # tiny tensors: one thread is fastest, and immune to a busy machine
 
@@ -115,7 +126,7 @@ for stride in (1, 2):
     print(f"stride {stride}: x {x.shape} -> y {depthwise_naive(x, w, stride).shape}")
 
 # %% [markdown]
-# ### 2b. The vectorised tap version (`mc.conv.depthwise_conv2d_reference`)
+# ### 2b. The vectorised tap version (`depthwise_conv2d_traced`)
 #
 # Swap the loops: instead of "for every pixel, for every tap", do "for every tap, for every
 # pixel at once". Tap $(a, b)$ multiplies *every* output pixel by the input pixel at the same
@@ -129,40 +140,40 @@ for stride in (1, 2):
 #   b : b + s(W'-1)+1 : s,\ :]
 # $$
 #
-# Nine array-wide multiply-adds for a $3 \times 3$ kernel, no Python loop over pixels. This is
-# `depthwise_conv2d_reference`, written with `autograd.numpy` so that autograd can
-# differentiate it by tracing every slice and multiply:
+# Nine array-wide multiply-adds for a $3 \times 3$ kernel, no Python loop over pixels. In
+# minicoat, `tap(x_pad, di, dj, ho, wo, stride)` is that slice, and this is the forward pass,
+# written with `autograd.numpy` (`np` in the package) so that autograd can differentiate it by
+# tracing every slice and multiply:
+
+# %%
+show(conv_ops.depthwise_conv2d_traced)
+
+# %% [markdown]
+# ### 2c. Three implementations, one switch
 #
-# ```python
-# # _tap(x_pad, di, dj, ho, wo, stride) is the strided slice shift_{di,dj}(x_pad) above
-# x_pad = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode="constant")  # (N, H+2p, W+2p, C)
-# y = 0.0
-# for di in range(k):
-#     for dj in range(k):
-#         y = y + _tap(x_pad, di, dj, ho, wo, stride) * w[di, dj]  # (N, Ho, Wo, C) * (C,)
-# ```
+# Every op of minicoat exists three times, and `mc.implementation(...)` picks which one runs:
 #
-# ### 2c. The primitive (`mc.depthwise_conv2d`)
+# * `"traced"`: the forward above; autograd differentiates it by reversing every traced step;
+# * `"readable"`: the same forward with the backward pass written by hand beside it
+#   (`depthwise_conv2d_backward`, section 3), in plain NumPy, written to be read;
+# * `"fast"` (the default): a kernel from `minicoat/kernels/`, blocked over images and tuned,
+#   proven equal to the other two.
 #
-# The public op runs the same nine slices in plain NumPy, accumulating in place, and is
-# declared an autograd **primitive**: autograd does not look inside it, and uses the
-# hand-written VJP that sits beside it in `conv.py` (section 3).
-#
-# **Check.** All three compute the same sums, only in a different order, so they should agree
-# to float64 round-off: about $10^{-16}$ relative. We require $\le 10^{-12}$.
+# **Check.** All compute the same sums, only in a different order, so they should agree with
+# the naive loop to float64 round-off: about $10^{-16}$ relative. We require $\le 10^{-12}$.
 
 # %%
 for stride in (1, 2):
     y_naive = depthwise_naive(x, w, stride)
-    y_reference = mc.conv.depthwise_conv2d_reference(x, w, stride)
-    y_primitive = mc.depthwise_conv2d(x, w, stride)
-    err_ref = mc.rel_error(y_reference, y_naive)
-    err_prim = mc.rel_error(y_primitive, y_naive)
-    print(f"stride {stride}: reference vs naive {err_ref:.1e}, primitive vs naive {err_prim:.1e}")
-    assert err_ref <= 1e-12 and err_prim <= 1e-12, (
-        f"stride {stride}: naive {y_naive.ravel()[:3]} vs reference {y_reference.ravel()[:3]} "
-        f"vs primitive {y_primitive.ravel()[:3]}; errors {err_ref:.2e}, {err_prim:.2e}"
-    )
+    for implementation in ("traced", "readable", "fast"):
+        with mc.implementation(implementation):
+            y = mc.depthwise_conv2d(x, w, stride)
+        err = mc.rel_error(y, y_naive)
+        print(f"stride {stride}: {implementation:8s} vs naive {err:.1e}")
+        assert err <= 1e-12, (
+            f"stride {stride}: naive {y_naive.ravel()[:3]} vs {implementation} {y.ravel()[:3]}; "
+            f"error {err:.2e}"
+        )
 
 # %% [markdown]
 # `mc.rel_error(a, b)` is the **normwise** relative error $\|a - b\| / \max(\|a\|, \|b\|)$:
@@ -206,58 +217,45 @@ for stride in (1, 2):
 # $$
 #
 # In short: **the backward pass runs the same taps in reverse**, `dx[shift] += g * w` and
-# `dw = sum(shift(x) * g)`. Here it is in plain NumPy, the same loop as the forward:
-
+# `dw = sum(shift(x) * g)`. Here it is as the package has it, beside the forward in
+# `minicoat/ops/conv.py`: the readable implementation is this function, turned into an autograd
+# primitive by `with_vjp(depthwise_conv2d_traced, depthwise_conv2d_backward)`.
 
 # %%
-def depthwise_vjp_by_hand(x, w, g, stride=1):
-    """(dx, dw) for upstream gradient g of shape (N, Ho, Wo, C)."""
-    n, h, wd, c = x.shape
-    k = w.shape[0]
-    p = k // 2
-    ho, wo = g.shape[1:3]
-    x_pad = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))  # (N, H+2p, W+2p, C)
-    dx_pad = np.zeros_like(x_pad)
-    dw = np.zeros_like(w)
-    for a in range(k):
-        for b in range(k):
-            rows = slice(a, a + stride * (ho - 1) + 1, stride)  # the tap's shifted rows
-            cols = slice(b, b + stride * (wo - 1) + 1, stride)
-            dx_pad[:, rows, cols, :] += g * w[a, b]  # steps 1 and 2: (N, Ho, Wo, C)
-            dw[a, b] = np.sum(x_pad[:, rows, cols, :] * g, axis=(0, 1, 2))  # step 4: (C,)
-    return dx_pad[:, p : p + h, p : p + wd, :], dw  # step 3: crop the padding
-
+show(conv_ops.depthwise_conv2d_backward)
 
 # %% [markdown]
-# `mc.depthwise_conv2d`'s VJP (`_depthwise_vjp_x` and `_depthwise_vjp_w` in `conv.py`) is
-# exactly this, split into one function per input as autograd's `defvjp` wants.
+# ### Check 1: the hand-written VJP vs autograd's traced VJP
 #
-# ### Check 1: hand VJP vs autograd's traced VJP
-#
-# `make_vjp(f)(x)` returns the VJP function of `f` at `x` and the value `f(x)`. For the
-# reference, autograd builds the VJP by reversing every traced slice, pad and multiply; for the
-# primitive, it calls the hand-written one. Same arithmetic, possibly in another order:
-# expected error ~$10^{-16}$, required $\le 10^{-12}$.
+# `make_vjp(f)(x)` returns the VJP function of `f` at `x` and the value `f(x)`. Under
+# `"traced"`, autograd builds the VJP by reversing every traced slice, pad and multiply; under
+# `"readable"` it calls `depthwise_conv2d_backward`, and under `"fast"` the kernel's. We also
+# call `depthwise_conv2d_backward(g, x, w, stride)` directly, the way you would test your own.
+# Same arithmetic, possibly in another order: expected error ~$10^{-16}$, required $\le 10^{-12}$.
 
 
 # %%
-def autograd_vjp(conv, x, w, g, stride):
-    """(dx, dw) = g pulled back through conv at (x, w), by autograd."""
-    vjp, _ = make_vjp(lambda x_, w_: conv(x_, w_, stride), argnum=(0, 1))(x, w)
-    return vjp(g)
+def autograd_vjp(implementation, x, w, g, stride):
+    """(dx, dw) = g pulled back through the convolution at (x, w), by autograd."""
+    with mc.implementation(implementation):
+        vjp, _ = make_vjp(lambda x_, w_: mc.depthwise_conv2d(x_, w_, stride), argnum=(0, 1))(x, w)
+        return vjp(g)
 
 
 for stride in (1, 2):
     g = rng.standard_normal(mc.depthwise_conv2d(x, w, stride).shape)  # a random upstream gradient
-    traced = autograd_vjp(mc.conv.depthwise_conv2d_reference, x, w, g, stride)
-    primitive = autograd_vjp(mc.depthwise_conv2d, x, w, g, stride)
-    by_hand = depthwise_vjp_by_hand(x, w, g, stride)
-    for name, ours, theirs, hand in zip(("dx", "dw"), primitive, traced, by_hand, strict=True):
-        err, err_hand = mc.rel_error(ours, theirs), mc.rel_error(hand, theirs)
-        print(f"stride {stride} {name}: primitive vs traced {err:.1e}, notebook {err_hand:.1e}")
-        assert err <= 1e-12 and err_hand <= 1e-12, (
-            f"stride {stride} {name}: primitive {ours.ravel()[:3]} vs traced {theirs.ravel()[:3]} "
-            f"vs notebook {hand.ravel()[:3]}; errors {err:.2e}, {err_hand:.2e}"
+    traced = autograd_vjp("traced", x, w, g, stride)
+    results = {
+        "readable": autograd_vjp("readable", x, w, g, stride),
+        "fast": autograd_vjp("fast", x, w, g, stride),
+        "the function": conv_ops.depthwise_conv2d_backward(g, x, w, stride)[:2],
+    }
+    for label, (dx, dw) in results.items():
+        err_x, err_w = mc.rel_error(dx, traced[0]), mc.rel_error(dw, traced[1])
+        print(f"stride {stride}: {label:12s} vs traced: dx {err_x:.1e}, dw {err_w:.1e}")
+        assert max(err_x, err_w) <= 1e-12, (
+            f"stride {stride} {label}: dx {dx.ravel()[:3]} vs traced {traced[0].ravel()[:3]}, "
+            f"dw {dw.ravel()[:3]} vs {traced[1].ravel()[:3]}; errors {err_x:.2e}, {err_w:.2e}"
         )
 
 # %% [markdown]
@@ -282,7 +280,7 @@ def finite_difference_vjp(x, w, g, stride):
 
 for stride in (1, 2):
     g = rng.standard_normal(mc.depthwise_conv2d(x, w, stride).shape)
-    exact = autograd_vjp(mc.depthwise_conv2d, x, w, g, stride)
+    exact = conv_ops.depthwise_conv2d_backward(g, x, w, stride)[:2]
     numeric = finite_difference_vjp(x, w, g, stride)
     for name, ours, fd in zip(("dx", "dw"), exact, numeric, strict=True):
         err = mc.rel_error(ours, fd)
@@ -302,7 +300,7 @@ for stride in (1, 2):
 # inputs, pulls one random upstream gradient back through both (autograd on our side,
 # `torch.autograd` on theirs) and returns the relative errors of the output and of every
 # input's gradient. Different libraries sum in different orders: expected ~$10^{-15}$,
-# required $\le 10^{-10}$.
+# required $\le 10^{-10}$. We check the readable and the fast implementation.
 
 
 # %%
@@ -316,22 +314,27 @@ def compare_with_torch(x, w, stride):
     )
 
 
-for stride in (1, 2):
-    result = compare_with_torch(x, w, stride)
-    print(
-        f"stride {stride}: output {result.forward:.1e}, dx {result.grads['x']:.1e}, "
-        f"dw {result.grads['w']:.1e}"
-    )
-    assert result.worst <= 1e-10, f"stride {stride}: ours vs torch errors {result}"
+for implementation in ("readable", "fast"):
+    for stride in (1, 2):
+        with mc.implementation(implementation):
+            result = compare_with_torch(x, w, stride)
+        print(
+            f"{implementation:8s} stride {stride}: output {result.forward:.1e}, "
+            f"dx {result.grads['x']:.1e}, dw {result.grads['w']:.1e}"
+        )
+        assert result.worst <= 1e-10, f"{implementation} stride {stride}: vs torch {result}"
 
 # %% [markdown]
-# ## 4. Why bother with a hand-written VJP? Timing
+# ## 4. Why three implementations? Timing
 #
-# Autograd records every operation of the traced version (nine slices, nine multiplies, nine
-# adds, the pad) and replays each one backwards, allocating a fresh zero array for every
-# slice's gradient. The primitive's VJP does one loop of in-place updates. A forward plus
-# backward pass at a typical training shape, float32 (the numbers depend on the machine; they
-# are printed, not checked):
+# The traced implementation is the definition; autograd records every operation (nine slices,
+# nine multiplies, nine adds, the pad) and replays each one backwards, allocating a fresh zero
+# array for every slice's gradient. The readable one runs the backward above, one loop of
+# updates. The fast kernel does the same arithmetic on a few images at a time, so that they
+# stay in the cache, and computes the stride-1 input gradient as a convolution with the flipped
+# kernel ([docs/performance.md](../docs/performance.md)). A forward plus backward pass at a
+# typical training shape, float32 (the numbers depend on the machine; they are printed, not
+# checked):
 
 # %%
 x_big = rng.standard_normal((8, 32, 32, 64)).astype(np.float32)  # (N, H, W, C)
@@ -339,21 +342,19 @@ w_big = rng.standard_normal((3, 3, 64)).astype(np.float32)
 g_big = rng.standard_normal(x_big.shape).astype(np.float32)
 
 
-def forward_and_backward(conv):
-    vjp, _ = make_vjp(lambda x_, w_: conv(x_, w_), argnum=(0, 1))(x_big, w_big)
+def forward_and_backward():
+    vjp, _ = make_vjp(lambda x_, w_: mc.depthwise_conv2d(x_, w_), argnum=(0, 1))(x_big, w_big)
     return vjp(g_big)  # (dx, dw)
 
 
-for name, conv in (
-    ("traced reference", mc.conv.depthwise_conv2d_reference),
-    ("primitive + hand VJP", mc.depthwise_conv2d),
-):
+for implementation in ("traced", "readable", "fast"):
     times = []
-    for _ in range(3):
-        start = time.perf_counter()
-        forward_and_backward(conv)
-        times.append(time.perf_counter() - start)
-    print(f"{name:22s}: {1000 * min(times):6.1f} ms (best of 3)")
+    with mc.implementation(implementation):
+        for _ in range(3):
+            start = time.perf_counter()
+            forward_and_backward()
+            times.append(time.perf_counter() - start)
+    print(f"{implementation:8s}: {1000 * min(times):6.1f} ms (best of 3)")
 
 # %% [markdown]
 # ## 5. Learned kernels
@@ -399,9 +400,9 @@ plt.show()
 # L(w) = \frac{1}{|y|} \sum \big(\mathrm{DWConv}(x; w) - y\big)^2 .
 # $$
 #
-# The gradient comes from autograd through our primitive's hand-written VJP. The inputs are
-# white noise: every offset of the kernel is then "visible" in the data, the problem is a
-# well-conditioned least-squares fit, and the kernel is recovered exactly (up to the
+# The gradient comes from autograd through the hand-written VJP (the fast one, by default). The
+# inputs are white noise: every offset of the kernel is then "visible" in the data, the problem
+# is a well-conditioned least-squares fit, and the kernel is recovered exactly (up to the
 # optimisation's convergence). For unit-variance noise the loss's curvature (its Hessian) is
 # about $2I$, so gradient descent converges for any learning rate below 1, fastest near 0.5;
 # we take 0.45.
@@ -473,10 +474,10 @@ print(f"largest difference learned vs true: {err:.1e}")
 #
 # | check | compared | expected | required |
 # |---|---|---|---|
-# | forward | naive loop, traced reference, primitive | ~1e-16 | 1e-12 |
-# | hand VJP | primitive vs traced reference (and the notebook's VJP) | ~1e-16 | 1e-12 |
-# | finite differences | VJP vs `mc.numerical_vjp` | ~1e-9 | 1e-6 |
-# | oracle | vs `F.conv2d(groups=C)` in float64 | ~1e-15 | 1e-10 |
+# | forward | naive loop vs the traced, readable and fast implementations | ~1e-16 | 1e-12 |
+# | hand VJP | readable, fast and `depthwise_conv2d_backward` vs traced | ~1e-16 | 1e-12 |
+# | finite differences | `depthwise_conv2d_backward` vs `mc.numerical_vjp` | ~1e-9 | 1e-6 |
+# | oracle | readable and fast vs `F.conv2d(groups=C)` in float64 | ~1e-15 | 1e-10 |
 #
 # Next: [02 · MBConv](02_mbconv.ipynb) wraps this convolution in the inverted bottleneck block
 # that makes up CoAtNet's first two stages.

@@ -21,28 +21,39 @@
 # [notebook 01](01_depthwise_convolution.ipynb). This notebook builds one block piece by piece:
 #
 # 1. the block's structure and its parameters;
-# 2. BatchNorm with **explicit state** (train vs eval mode);
+# 2. BatchNorm with **explicit state** (train vs eval mode), and its backward pass;
 # 3. the block written out step by step, checked against `minicoat.blocks.mbconv_forward`;
 # 4. the squeeze-excitation gate, plotted;
 # 5. the downsampling form `Proj(Pool(x)) + ...`, and where to put the stride;
 # 6. a check of the whole block, forward and every gradient, against a PyTorch twin.
 #
-# Source: [`minicoat/blocks.py`](../minicoat/blocks.py), [`minicoat/norm.py`](../minicoat/norm.py),
-# [`minicoat/layers.py`](../minicoat/layers.py).
+# Source: [`minicoat/blocks.py`](../minicoat/blocks.py),
+# [`minicoat/ops/norm.py`](../minicoat/ops/norm.py),
+# [`minicoat/ops/layers.py`](../minicoat/ops/layers.py).
 
 # %%
+import inspect
+
 import autograd.numpy as anp  # NumPy traced by autograd: for functions we differentiate
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from autograd import grad
+from autograd import grad, make_vjp
+from IPython.display import Code
 
 import minicoat as mc
 from minicoat import blocks
 from minicoat.model import init_from_spec, init_state
+from minicoat.ops import norm as norm_ops  # the teaching tier's norms
 from minicoat.oracle import ops as oracle
 from minicoat.oracle.network import MBConv, copy_into, torch_grads_as_params
+from minicoat.plan import make_block
 from minicoat.tree import flatten
+
+
+def show(function):
+    """The source of one of minicoat's functions, as the package has it."""
+    return Code(inspect.getsource(function), language="python")
 
 torch.set_num_threads(1)  # tiny tensors: one thread is fastest, and immune to a busy machine
 
@@ -72,26 +83,30 @@ torch.set_num_threads(1)  # tiny tensors: one thread is fastest, and immune to a
 # EfficientNet and timm's CoAtNet. The expansion has no bias: the BatchNorm right after it
 # would remove any constant shift anyway.
 #
-# `blocks.mbconv_spec` lists the parameters (a shape and an initialiser per leaf), and
+# In a network, every block's widths come from the network's plan (`mc.plan(config)`, one
+# record per block; notebook 04); `make_block` makes the record of a block on its own.
+# `blocks.mbconv_spec(block)` lists the parameters (a shape and an initialiser per leaf), and
 # `init_from_spec` draws them. We take a block that **downsamples**: 16 channels on an $8\times8$
 # grid in, 24 channels on a $4\times4$ grid out (the first block of a stage looks like this).
 
 # %%
 cfg = mc.CoAtNetConfig()  # the paper's defaults: expansion 4, SE 0.25, max pool, stride in expand
 c_in, c_out, stride = 16, 24, 2
+block = make_block(cfg, "C", c_in, c_out, stride, grid_in=(8, 8))
+print(block)
 rng = np.random.default_rng(0)
-params = init_from_spec(blocks.mbconv_spec(c_in, c_out, stride, cfg), rng, np.float64)
-state = init_state(blocks.mbconv_state(c_in, c_out, cfg), np.float64)
+params = init_from_spec(blocks.mbconv_spec(block), rng, np.float64)
+state = init_state(blocks.mbconv_state(block), np.float64)
 for key, value in flatten(params).items():
     print(f"{key:16s} {str(value.shape):14s}")
 print("parameters:", mc.count_params(params))
 print("BatchNorm state:", {key: value.shape for key, value in flatten(state).items()})
 
 # %% [markdown]
-# The middle width is $4 \times 24 = 96$ (the expansion is of the *output* width, as in timm);
-# the SE bottleneck has $\lfloor 0.25 \times 16 \rfloor = 4$ units (a quarter of the *input*
-# width, as in EfficientNet). `proj` is the shortcut's projection, present because this block
-# changes the width and the resolution (section 5).
+# The middle width is `block.expanded` $= 4 \times 24 = 96$ (the expansion is of the *output*
+# width, as in timm); the SE bottleneck has `block.se` $= \lfloor 0.25 \times 16 \rfloor = 4$
+# units (a quarter of the *input* width, as in EfficientNet). `proj` is the shortcut's
+# projection, present because this block changes the width and the resolution (section 5).
 #
 # ## 2. BatchNorm with explicit state
 #
@@ -190,6 +205,50 @@ plt.legend()
 plt.show()
 
 # %% [markdown]
+# ### BatchNorm's backward pass
+#
+# In training mode the mean and the variance are functions of $x$ too, so the gradient has
+# three paths to every input: through $\hat x$ directly, through $\mu$ and through
+# $\sigma^2$. With $m$ values per channel, $\hat x = (x - \mu)/\sqrt{\sigma^2 + \epsilon}$
+# and $d\hat x = g\,\gamma$, collecting the three gives the classic formula
+#
+# $$
+# dx = \frac{1}{\sqrt{\sigma^2 + \epsilon}}\Big(d\hat x - \operatorname{mean}(d\hat x)
+#   - \hat x \operatorname{mean}(d\hat x \odot \hat x)\Big),
+# \qquad d\gamma = \sum g \odot \hat x, \qquad d\beta = \sum g,
+# $$
+#
+# means and sums per channel over $(N, H, W)$: the two subtracted terms are what the mean and
+# the variance contribute. This is minicoat's readable implementation, beside the traced
+# forward in `minicoat/ops/norm.py`:
+
+# %%
+show(norm_ops.batch_norm_train_backward)
+
+# %% [markdown]
+# **Check.** Against autograd differentiating the traced forward (the three paths reversed
+# step by step; expected ~$10^{-16}$, required $\le 10^{-12}$) and against finite differences
+# (expected ~$10^{-9}$, required $\le 10^{-6}$), for one random upstream gradient:
+
+# %%
+gamma_r, beta_r = rng.standard_normal(c), rng.standard_normal(c)
+g_bn = rng.standard_normal(x_bn.shape)
+dx, dgamma, dbeta, _ = norm_ops.batch_norm_train_backward(g_bn, x_bn, gamma_r, beta_r, 1e-5)
+vjp, _ = make_vjp(lambda *a: norm_ops.batch_norm_train_traced(*a, 1e-5), argnum=(0, 1, 2))(
+    x_bn, gamma_r, beta_r
+)
+traced = vjp(g_bn)
+numeric = mc.numerical_vjp(lambda x_: norm_ops.batch_norm_train_traced(x_, gamma_r, beta_r, 1e-5),
+                           x_bn, g_bn)
+errors = {name: mc.rel_error(ours, theirs)
+          for name, ours, theirs in zip(("dx", "dgamma", "dbeta"), (dx, dgamma, dbeta), traced,
+                                        strict=True)}
+errors["dx vs finite differences"] = mc.rel_error(dx, numeric)
+print({name: f"{err:.1e}" for name, err in errors.items()})
+assert max(errors["dx"], errors["dgamma"], errors["dbeta"]) <= 1e-12, errors
+assert errors["dx vs finite differences"] <= 1e-6, errors
+
+# %% [markdown]
 # ## 3. The block, step by step
 #
 # Here is the whole block written out with the public ops (every line has its shape). The SE
@@ -247,7 +306,7 @@ def mbconv_by_hand(p, state, x, stride, cfg, train):
 x = rng.standard_normal((6, 8, 8, c_in))  # (N, H, W, C_in)
 for train in (True, False):
     y_ours, state_ours, gate = mbconv_by_hand(params, state, x, stride, cfg, train)
-    y_lib, state_lib = blocks.mbconv_forward(params, state, x, stride, cfg, train)
+    y_lib, state_lib = blocks.mbconv_forward(params, state, x, block, cfg, train)
     err = mc.rel_error(y_ours, y_lib)
     err_state = max(mc.rel_error(a, flatten(state_lib)[k]) for k, a in flatten(state_ours).items())
     print(f"train={train}: {x.shape} -> {y_lib.shape}, error {err:.1e}, state {err_state:.1e}")
@@ -370,7 +429,7 @@ for stride_at, expand_pixels in (("expand", h_out * h_out), ("depthwise", h_in *
 # %%
 for stride_at in ("expand", "depthwise"):
     block_cfg = cfg.replace(stride_at=stride_at)
-    y, _ = blocks.mbconv_forward(params, state, x, stride, block_cfg, train=False)
+    y, _ = blocks.mbconv_forward(params, state, x, block, block_cfg, train=False)
     print(f"stride_at={stride_at:9s}: {x.shape} -> {y.shape}")
 
 # %% [markdown]
@@ -429,18 +488,18 @@ def check_block_against_torch(stride_at, train):
     upstream = rng.standard_normal((2, 3, 3, c_out))  # (N, 6/2, ceil(5/2), C_out)
 
     # theirs: copy the weights in, run forward, pull the upstream gradient back
-    twin = copy_into(MBConv(c_in, c_out, stride, block_cfg).double(), p, state).train(train)
+    twin = copy_into(MBConv(block, block_cfg).double(), p, state).train(train)
     y_torch = twin(oracle.nhwc_to_nchw(x))  # NCHW
     y_torch.backward(oracle.nhwc_to_nchw(upstream))
     grads_torch = torch_grads_as_params(twin, p)  # back in our tree layout
 
     # ours: the same upstream gradient is the gradient of sum(upstream * y)
     def objective(q):
-        y, _ = blocks.mbconv_forward(q, state, x, stride, block_cfg, train)
+        y, _ = blocks.mbconv_forward(q, state, x, block, block_cfg, train)
         return anp.sum(y * upstream)
 
     grads = grad(objective)(p)
-    y, new_state = blocks.mbconv_forward(p, state, x, stride, block_cfg, train)
+    y, new_state = blocks.mbconv_forward(p, state, x, block, block_cfg, train)
 
     errors = grad_errors(grads, grads_torch)
     errors["forward"] = mc.rel_error(y, oracle.nchw_to_nhwc(y_torch))
@@ -477,6 +536,7 @@ for stride_at in ("expand", "depthwise"):
 # | check | compared | expected | required |
 # |---|---|---|---|
 # | BatchNorm | output and running statistics vs `F.batch_norm` | ~1e-16 | 1e-10 |
+# | BatchNorm backward | `batch_norm_train_backward` vs traced; vs FD | ~1e-16; ~1e-9 | 1e-12; 1e-6|
 # | block by hand | notebook's step-by-step block vs `blocks.mbconv_forward` | 0 | 1e-12 |
 # | oracle | output, every gradient, running statistics vs the torch `MBConv` | ~1e-15 | 1e-10 |
 #

@@ -30,9 +30,10 @@
 # 5. checks the layer against the PyTorch oracle, and the hand-written VJP against autograd's
 #    traced one and finite differences.
 #
-# Source: [`minicoat/attention.py`](../minicoat/attention.py).
+# Source: [`minicoat/ops/attention.py`](../minicoat/ops/attention.py).
 
 # %%
+import inspect
 import math
 
 import autograd.numpy as anp  # NumPy traced by autograd: for functions we differentiate
@@ -40,9 +41,16 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from autograd import grad, make_vjp
+from IPython.display import Code
 
 import minicoat as mc
+from minicoat.ops import attention as attention_ops  # the teaching tier's attention
 from minicoat.oracle import ops as oracle
+
+
+def show(function):
+    """The source of one of minicoat's functions, as the package has it."""
+    return Code(inspect.getsource(function), language="python")
 
 torch.set_num_threads(1)  # tiny tensors: one thread is fastest, and immune to a busy machine
 rng = np.random.default_rng(0)
@@ -432,20 +440,21 @@ def compare_with_torch(variant):
     return oracle.compare(ours, theirs, inputs, layouts, output=oracle.FEATURE_MAP)
 
 
-for variant in ("pre", "post"):
-    result = compare_with_torch(variant)
-    print(
-        f"{variant}: output {result.forward:.1e}, gradients "
-        + ", ".join(f"{name} {err:.1e}" for name, err in result.grads.items())
-    )
-    assert result.worst <= 1e-10, f"{variant}: ours vs torch errors {result}"
+for implementation in ("readable", "fast"):
+    for variant in ("pre", "post"):
+        with mc.implementation(implementation):
+            result = compare_with_torch(variant)
+        print(
+            f"{implementation:8s} {variant:4s}: output {result.forward:.1e}, gradients "
+            + ", ".join(f"{name} {err:.1e}" for name, err in result.grads.items())
+        )
+        assert result.worst <= 1e-10, f"{implementation} {variant}: ours vs torch {result}"
 
 # %% [markdown]
 # ### The hand-written VJP
 #
-# `mc.relative_attention` runs its core, $A v$ with $A$ from $q, k, B$, as a primitive with a
-# hand-written VJP (`_attention_core_vjp`). With $g = \partial L / \partial y$ per head and
-# $P$ the softmax output:
+# The layer's core is $A v$ with $A$ from $q, k, B$. With $g = \partial L / \partial y$ per head
+# and $P$ the softmax output:
 #
 # $$
 # \partial A = g\, v^\top, \quad \partial v = A^\top g, \quad
@@ -455,32 +464,46 @@ for variant in ("pre", "post"):
 #
 # where $S$ is the softmax's input and $\partial P = \partial A$ (for pre the bias sits inside
 # $S$, so $\partial B = \sum_n \partial S$; for post it is added to $A$, so
-# $\partial B = \sum_n \partial A$). The gather
-# $B_{ij} = \mathrm{rel\_bias}[h, \mathrm{index}(i, j)]$ has its own VJP: the gradients
-# of all pairs that share an offset are summed into their table entry (one `np.bincount` per
-# head).
-#
-# `reference=True` runs the readable traced version instead, differentiated by autograd. Same
-# math, different order of operations: expected ~$10^{-16}$, required $\le 10^{-12}$ for the
-# gradient of every input.
+# $\partial B = \sum_n \partial A$). This is the readable implementation, beside the traced
+# forward in `minicoat/ops/attention.py`:
+
+# %%
+show(attention_ops.attention_core_backward)
+
+# %% [markdown]
+# The gather $B_{ij} = \mathrm{rel\_bias}[h, \mathrm{index}(i, j)]$ has its own VJP: the
+# gradients of all pairs that share an offset are summed into their table entry
+# (`np.add.at`, which adds repeated indices one by one; the fast kernel does one
+# `np.bincount` per head):
+
+# %%
+show(attention_ops.gather_rel_bias_backward)
+
+# %% [markdown]
+# Under `mc.implementation("traced")` autograd differentiates the plain forward instead; under
+# `"fast"` the kernels run. Same math, different order of operations: expected ~$10^{-16}$,
+# required $\le 10^{-12}$ for the gradient of every input.
 
 
 # %%
-def all_gradients(variant, reference):
+def all_gradients(variant, implementation):
     def objective(inputs, upstream):
         x, p = inputs["x"], {k: v for k, v in inputs.items() if k != "x"}
-        y = mc.relative_attention(x, p, heads_small, variant, reference=reference)
+        y = mc.relative_attention(x, p, heads_small, variant)
         return anp.sum(y * upstream)
 
     upstream = np.random.default_rng(1).standard_normal((2, h_small, w_small, c_out))
-    return grad(objective)(inputs, upstream)
+    with mc.implementation(implementation):
+        return grad(objective)(inputs, upstream)
 
 
 for variant in ("pre", "post"):
-    hand, traced = all_gradients(variant, reference=False), all_gradients(variant, reference=True)
-    errors = {name: mc.rel_error(hand[name], traced[name]) for name in inputs}
-    print(f"{variant}: hand VJP vs traced, worst {max(errors.values()):.1e}")
-    assert max(errors.values()) <= 1e-12, f"{variant}: hand vs traced errors {errors}"
+    traced = all_gradients(variant, "traced")
+    for implementation in ("readable", "fast"):
+        ours = all_gradients(variant, implementation)
+        errors = {name: mc.rel_error(ours[name], traced[name]) for name in inputs}
+        print(f"{variant}: {implementation} vs traced, worst {max(errors.values()):.1e}")
+        assert max(errors.values()) <= 1e-12, f"{variant} {implementation}: errors {errors}"
 
 # %% [markdown]
 # ### Finite differences on the bias table
@@ -518,8 +541,8 @@ for variant in ("pre", "post"):
 # | weights | notebook's $A v$ vs `mc.relative_attention` | ~1e-16 | 1e-12 |
 # | bias equivariance | $B[i, j] = B[i+s, j+s]$ | exact | exact |
 # | layer equivariance | post, zero background, $b_{qkv} = 0$ | ~1e-16 | 1e-12 |
-# | oracle | output and all gradients vs torch, pre and post | ~1e-15 | 1e-10 |
-# | hand VJP | vs traced reference, all inputs | ~1e-16 | 1e-12 |
+# | oracle | output and all gradients vs torch, pre and post, readable and fast | ~1e-15 | 1e-10 |
+# | hand VJP | readable and fast vs traced, all inputs | ~1e-16 | 1e-12 |
 # | finite differences | d `rel_bias` | ~1e-9 | 1e-6 |
 #
 # Next: [04 · CoAtNet](04_coatnet.ipynb) stacks MBConv and Transformer blocks into the network.

@@ -75,45 +75,40 @@ print(small)
 print("grid after each stage:", [small.grid(stage) for stage in range(5)])
 
 # %% [markdown]
-# The parameter tree says what each stage holds. The helper below reads it (an MBConv block
-# has a depthwise kernel `dw`, a Transformer block an `attn`), and lists every block with its
-# widths, output grid and shortcut.
+# Everything a block needs to know (its kind, its widths, its stride, its grids, the expanded
+# width of its MBConv or FFN, its squeeze-excitation width, its heads) is written out once, by
+# `mc.plan(config)`: one named record per stem layer and per block, in the order they run.
+# `init_params`, `forward`, the counts and the PyTorch twin all read this plan; nothing else
+# computes a width. Here is the record of CoAtNet-0's first Transformer block:
+
+# %%
+print(next(block for block in mc.plan(mc.config("coatnet-0")) if block.kind == "T"))
+
+# %% [markdown]
+# The helper below prints the plan of a network, one line per record, with each block's
+# shortcut (the identity, or `Proj(Pool(x))` when it downsamples) and its parameter count.
 
 
 # %%
 def block_list(config):
-    """One line per stem / block of the network built from `config`."""
-
-    def grid(stage):  # "16x16"
-        return "x".join(map(str, config.grid(stage)))
-
+    """One line per stem layer / block of the network built from `config`, from its plan."""
     params, _ = mc.init_params(config)
+    kinds = {"stem": "conv3x3", "patch": "patchify", "C": "MBConv", "T": "Transformer"}
     lines = []
-    stem = params["stem"]
-    if "patch" in stem:  # VIT_REL: one linear layer on non-overlapping patches
-        patch = math.prod(config.strides[:4])
-        lines.append(f"  stem  patchify {patch}x{patch} -> {config.channels[3]} on grid {grid(3)}")
-    else:
-        convs = [key for key in stem if key.startswith("conv")]
-        lines.append(f"  stem  {len(convs)} x conv3x3 -> {config.channels[0]} on grid {grid(0)}")
-    for stage in (1, 2, 3, 4):
-        name = f"s{stage}"
-        if name not in params:
-            continue
-        for b, block in enumerate(params[name].values()):
-            if "dw" in block:  # MBConv: BN, expand, depthwise, SE, project
-                kind = "MBConv"
-                c_in, c_out = block["pre_norm"]["gamma"].size, block["project"]["w"].shape[1]
-            else:  # Transformer: LN, relative attention; LN, FFN
-                kind = "Transformer"
-                c_in, c_out = block["norm1"]["gamma"].size, block["attn"]["w_out"].shape[1]
-            vit_s3 = config.layout == "VIT_REL" and stage == 3  # starts on the patch stem's grid
-            downsamples = b == 0 and config.grid(stage) != config.grid(stage - 1) and not vit_s3
-            shortcut = "Proj(Pool(x))" if downsamples else ("Proj(x)" if "proj" in block else "x")
-            lines.append(
-                f"  {name}.block{b}  {kind:11s} {c_in:3d} -> {c_out:3d} on grid {grid(stage):5s}"
-                f"  shortcut {shortcut:13s} {mc.count_params(block):9,d} params"
-            )
+    for block in mc.plan(config):
+        stage, name = block.keys
+        tree = params[stage] if block.stage else params["stem"]
+        grid = "x".join(map(str, block.grid_out))
+        line = f"  {block.name:10s} {kinds[block.kind]:11s} {block.c_in:3d} -> {block.c_out:3d}"
+        line += f" on grid {grid:5s}"
+        if block.kind in ("C", "T"):
+            downsamples = block.stride == 2
+            changes = downsamples or block.c_in != block.c_out
+            shortcut = "Proj(Pool(x))" if downsamples else ("Proj(x)" if changes else "x")
+            inner = f"SE {block.se:2d}" if block.kind == "C" else f"heads {block.heads}"
+            line += f"  expanded {block.expanded:4d}, {inner:8s} shortcut {shortcut:13s}"
+            line += f" {mc.count_params(tree[name]):9,d} params"
+        lines.append(line)
     return lines
 
 

@@ -10,8 +10,8 @@ import numpy as onp
 from autograd.extend import defvjp_argnums, primitive
 from autograd.tracer import getval
 
-from ..ops.switch import register_kernel
 from ..ops.norm import updated_running
+from ..ops.switch import register_kernel
 from .activations import gelu, gelu_derivative, gelu_values
 from .blocking import blockwise, channel_blocks, column_dots, column_sums
 

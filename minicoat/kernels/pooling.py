@@ -7,8 +7,8 @@ the first maximum of each window, as in the teaching tier and PyTorch.
 import numpy as onp
 from autograd.extend import defvjp, primitive
 
-from ..ops.switch import register_kernel
 from ..ops.pooling import repeat_edge_to_even
+from ..ops.switch import register_kernel
 
 
 def _corners(x_even):

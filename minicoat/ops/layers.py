@@ -12,8 +12,8 @@ from autograd.tracer import getval
 from .activations import gelu, log_softmax, sigmoid, softmax_traced
 from .checks import check_float
 from .conv import linear
-from .switch import dispatch, with_vjp
 from .pooling import global_avg_pool
+from .switch import dispatch, with_vjp
 
 
 def squeeze_excitation(x, p, approximate="none"):
