@@ -56,7 +56,7 @@ import tracemalloc
 from concurrent.futures import ProcessPoolExecutor
 from typing import NamedTuple
 
-import numpy as np
+import numpy as onp
 
 from . import blocks, model
 from .configs import config as preset
@@ -204,7 +204,7 @@ def _torch():
 
 
 def _nchw(torch, x, grad=False):
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).requires_grad_(grad)
+    return torch.from_numpy(onp.ascontiguousarray(x.transpose(0, 3, 1, 2))).requires_grad_(grad)
 
 
 def _op_item(name, shape, flops, f, inputs, f_torch, torch_inputs):
@@ -212,8 +212,8 @@ def _op_item(name, shape, flops, f, inputs, f_torch, torch_inputs):
     ``f_torch(*torch_inputs)`` (tensors with ``requires_grad``)."""
     torch = _torch()
     y = f(*inputs)
-    rng = np.random.default_rng(1)
-    g = rng.standard_normal(np.shape(y)).astype(np.asarray(y).dtype)
+    rng = onp.random.default_rng(1)
+    g = rng.standard_normal(onp.shape(y)).astype(onp.asarray(y).dtype)
     with torch.no_grad():
         g_torch = torch.from_numpy(g.copy()).reshape(f_torch(*torch_inputs).shape)
 
@@ -241,7 +241,7 @@ def _module_item(name, shape, flops, f, x, params, module, x_torch):
     """A block: ``f(x, params)`` in NumPy (grads w.r.t. x and every parameter) and ``module``."""
     torch = _torch()
     y = f(x, params)
-    g = np.random.default_rng(1).standard_normal(y.shape).astype(y.dtype)
+    g = onp.random.default_rng(1).standard_normal(y.shape).astype(y.dtype)
     g_torch = _nchw(torch, g)
 
     def numpy_fwd_bwd():
@@ -267,8 +267,8 @@ def _module_item(name, shape, flops, f, x, params, module, x_torch):
 def matmul_item(size=1024):
     """float32 ``size x size`` matrix product: the reference rate for GFLOP/s."""
     torch = _torch()
-    rng = np.random.default_rng(0)
-    a, b = (rng.standard_normal((size, size)).astype(np.float32) for _ in range(2))
+    rng = onp.random.default_rng(0)
+    a, b = (rng.standard_normal((size, size)).astype(onp.float32) for _ in range(2))
     at, bt = torch.from_numpy(a), torch.from_numpy(b)
     return Item(
         "matmul", f"{size}x{size} @ {size}x{size}", 2.0 * size**3,
@@ -278,10 +278,10 @@ def matmul_item(size=1024):
 
 def depthwise_item(n, h, c):
     torch = _torch()
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((n, h, h, c)).astype(np.float32)
-    w = (rng.standard_normal((3, 3, c)) / 3).astype(np.float32)
-    w_t = torch.from_numpy(np.ascontiguousarray(w.transpose(2, 0, 1)[:, None])).requires_grad_()
+    rng = onp.random.default_rng(0)
+    x = rng.standard_normal((n, h, h, c)).astype(onp.float32)
+    w = (rng.standard_normal((3, 3, c)) / 3).astype(onp.float32)
+    w_t = torch.from_numpy(onp.ascontiguousarray(w.transpose(2, 0, 1)[:, None])).requires_grad_()
     return _op_item(
         "depthwise_conv2d 3x3", f"({n},{h},{h},{c})", 2.0 * n * h * h * 9 * c,
         depthwise_conv2d, (x, w),
@@ -292,11 +292,11 @@ def depthwise_item(n, h, c):
 
 def conv2d_item(n, h, c_in, c_out):
     torch = _torch()
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((n, h, h, c_in)).astype(np.float32)
-    w = (rng.standard_normal((3, 3, c_in, c_out)) / np.sqrt(9 * c_in)).astype(np.float32)
-    b = np.zeros(c_out, np.float32)
-    w_t = torch.from_numpy(np.ascontiguousarray(w.transpose(3, 2, 0, 1))).requires_grad_()
+    rng = onp.random.default_rng(0)
+    x = rng.standard_normal((n, h, h, c_in)).astype(onp.float32)
+    w = (rng.standard_normal((3, 3, c_in, c_out)) / onp.sqrt(9 * c_in)).astype(onp.float32)
+    b = onp.zeros(c_out, onp.float32)
+    w_t = torch.from_numpy(onp.ascontiguousarray(w.transpose(3, 2, 0, 1))).requires_grad_()
     b_t = torch.from_numpy(b.copy()).requires_grad_()
     return _op_item(
         "conv2d 3x3", f"({n},{h},{h},{c_in})->{c_out}", 2.0 * n * h * h * 9 * c_in * c_out,
@@ -309,12 +309,12 @@ def conv2d_item(n, h, c_in, c_out):
 def attention_params(c, dim, heads, h, w, rng):
     """Random relative-attention parameters (minicoat layout), float32."""
     return {
-        "w_qkv": (rng.standard_normal((c, 3 * dim)) / np.sqrt(c)).astype(np.float32),
-        "b_qkv": (0.1 * rng.standard_normal(3 * dim)).astype(np.float32),
-        "w_out": (rng.standard_normal((dim, dim)) / np.sqrt(dim)).astype(np.float32),
-        "b_out": (0.1 * rng.standard_normal(dim)).astype(np.float32),
+        "w_qkv": (rng.standard_normal((c, 3 * dim)) / onp.sqrt(c)).astype(onp.float32),
+        "b_qkv": (0.1 * rng.standard_normal(3 * dim)).astype(onp.float32),
+        "w_out": (rng.standard_normal((dim, dim)) / onp.sqrt(dim)).astype(onp.float32),
+        "b_out": (0.1 * rng.standard_normal(dim)).astype(onp.float32),
         "rel_bias": (0.02 * rng.standard_normal((heads, (2 * h - 1) * (2 * w - 1)))).astype(
-            np.float32
+            onp.float32
         ),
     }
 
@@ -328,10 +328,10 @@ def attention_item(n, h, c, heads, variant):
     torch = _torch()
     from .oracle import ops as twin
 
-    p = attention_params(c, c, heads, h, h, np.random.default_rng(0))
-    x = np.random.default_rng(1).standard_normal((n, h, h, c)).astype(np.float32)
+    p = attention_params(c, c, heads, h, h, onp.random.default_rng(0))
+    x = onp.random.default_rng(1).standard_normal((n, h, h, c)).astype(onp.float32)
     p_t = {
-        k: torch.from_numpy(np.ascontiguousarray(v.T if k.startswith("w") else v))
+        k: torch.from_numpy(onp.ascontiguousarray(v.T if k.startswith("w") else v))
         .requires_grad_()
         for k, v in p.items()
     }
@@ -361,9 +361,9 @@ def mbconv_item(n, h, c, cfg):
     from .oracle.network import MBConv, copy_into
 
     block = make_block(cfg, "C", c, c, 1, (h, h))
-    params = model.init_from_spec(blocks.mbconv_spec(block), np.random.default_rng(0))
+    params = model.init_from_spec(blocks.mbconv_spec(block), onp.random.default_rng(0))
     state = model.init_state(blocks.mbconv_state(block))
-    x = np.random.default_rng(1).standard_normal((n, h, h, c)).astype(np.float32)
+    x = onp.random.default_rng(1).standard_normal((n, h, h, c)).astype(onp.float32)
     module = copy_into(MBConv(block, cfg), params, state).train()
     return _module_item(
         "MBConv block", f"({n},{h},{h},{c}) expand {cfg.mbconv_expand}",
@@ -384,8 +384,8 @@ def transformer_item(n, h, c, cfg):
     from .oracle.network import Transformer, copy_into
 
     block = make_block(cfg, "T", c, c, 1, (h, h))
-    params = model.init_from_spec(blocks.transformer_spec(block), np.random.default_rng(0))
-    x = np.random.default_rng(1).standard_normal((n, h, h, c)).astype(np.float32)
+    params = model.init_from_spec(blocks.transformer_spec(block), onp.random.default_rng(0))
+    x = onp.random.default_rng(1).standard_normal((n, h, h, c)).astype(onp.float32)
     module = copy_into(Transformer(block, cfg), params).train()
     return _module_item(
         "Transformer block", f"({n},{h},{h},{c}) heads {block.heads}",
@@ -401,8 +401,8 @@ def step_item(cfg, n, name=None):
     from .oracle.network import to_torch
 
     params, state = model.init_params(cfg, seed=0)
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((n, *cfg.image_size, cfg.in_channels)).astype(np.float32)
+    rng = onp.random.default_rng(1)
+    x = rng.standard_normal((n, *cfg.image_size, cfg.in_channels)).astype(onp.float32)
     labels = rng.integers(0, cfg.num_classes, n)
     net = to_torch(params, state, cfg).train()
     x_t, labels_t = _nchw(torch, x), torch.from_numpy(labels)
@@ -599,7 +599,7 @@ def machine_info():
         "cpu_count": os.cpu_count(),
         "cpu_model": None,
         "ram_gb": None,
-        "numpy": np.__version__,
+        "numpy": onp.__version__,
         "torch": torch.__version__,
         "autograd": _version("autograd"),
         "scipy": _version("scipy"),
@@ -648,7 +648,7 @@ def _meminfo_kb(field):
 
 def _blas_name():
     try:
-        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        blas = onp.show_config(mode="dicts")["Build Dependencies"]["blas"]
         return f"{blas.get('name')} {blas.get('version')}"
     except Exception:  # the layout of show_config is not a stable API
         return "unknown"

@@ -8,7 +8,7 @@ Optimizer state is a pytree of arrays plus the int ``"step"``, so a checkpoint c
 
 dtype: every update is computed in the parameter's dtype. Hyper-parameters are converted to
 Python floats, which NumPy treats as "weak" scalars (a float32 array times a Python float
-stays float32, whereas times ``np.float64(0.1)`` it would become float64), and gradients are
+stays float32, whereas times ``onp.float64(0.1)`` it would become float64), and gradients are
 cast to the parameter's dtype. So float32 parameters and state stay float32.
 
 Weight decay applies to the leaves selected by a *mask*: a tree of bools shaped like the
@@ -20,7 +20,7 @@ import inspect
 import math
 from collections import namedtuple
 
-import numpy as np
+import numpy as onp
 
 from .tree import flatten, tree_map, tree_zeros_like, unflatten
 
@@ -41,7 +41,7 @@ def decay_mask(params):
 def _as_param_dtype(grad, param):
     """``grad`` as an array of ``param``'s shape and dtype (a float64 gradient of a float32
     parameter would otherwise promote the parameter to float64)."""
-    grad = np.asarray(grad)
+    grad = onp.asarray(grad)
     if grad.shape != param.shape:
         raise ValueError(f"gradient of shape {grad.shape} for a parameter of shape {param.shape}")
     return grad.astype(param.dtype, copy=False)
@@ -108,7 +108,7 @@ def adamw_update(params, grads, opt_state, lr, betas=(0.9, 0.999), eps=1e-8,
             p = p * (1.0 - lr * weight_decay)
         m = m + (1.0 - beta1) * (g - m)
         v = beta2 * v + (1.0 - beta2) * (g * g)
-        denom = np.sqrt(v) / bias_correction2_sqrt + eps
+        denom = onp.sqrt(v) / bias_correction2_sqrt + eps
         return p - step_size * (m / denom), m, v
 
     mask = _mask_tree(mask, params)
@@ -189,13 +189,13 @@ def clip_grad_norm(grads, max_norm):
         ``(clipped_grads, total_norm)``; ``total_norm`` (a Python float) is the norm before
         clipping, useful for logging. Leaves keep their dtype.
     """
-    leaves = [np.asarray(g) for g in flatten(grads).values()]
+    leaves = [onp.asarray(g) for g in flatten(grads).values()]
     # Accumulate in float64: a float32 sum of squares over millions of entries loses digits.
-    total = math.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in leaves))
+    total = math.sqrt(sum(float(onp.sum(onp.square(g, dtype=onp.float64))) for g in leaves))
     coef = float(max_norm) / (total + 1e-6)
     if not coef < 1.0:  # also false for NaN, which then propagates as in torch
         return grads, total
-    return tree_map(lambda g: np.asarray(g) * coef, grads), total
+    return tree_map(lambda g: onp.asarray(g) * coef, grads), total
 
 
 # -- a uniform interface for the training loop ---------------------------------------------
@@ -219,9 +219,9 @@ def make_optimizer(name, mask=decay_mask, **hyper):
     changes per step and is given to ``update``.
 
     >>> opt = make_optimizer("adamw", weight_decay=0.05)
-    >>> params = {"w": np.ones(2, np.float32)}
+    >>> params = {"w": onp.ones(2, onp.float32)}
     >>> state = opt.init(params)
-    >>> params, state = opt.update(params, {"w": np.ones(2, np.float32)}, state, lr=0.1)
+    >>> params, state = opt.update(params, {"w": onp.ones(2, onp.float32)}, state, lr=0.1)
     >>> params["w"], state["step"]  # 0.995 (decay) - 0.1 (Adam step 1 ~ lr * sign(g))
     (array([0.89500004, 0.89500004], dtype=float32), 1)
     """

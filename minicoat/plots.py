@@ -1,6 +1,6 @@
 """Figures a run leaves behind: learning curves and a confusion matrix (matplotlib, no screen)."""
 
-import numpy as np
+import numpy as onp
 
 
 def _pyplot():
@@ -33,8 +33,8 @@ def plot_curves(history, path):
 
 def confusion_matrix(labels, predictions, num_classes):
     """``(K, K)`` counts: row = true class, column = predicted class."""
-    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(matrix, (np.asarray(labels), np.asarray(predictions)), 1)
+    matrix = onp.zeros((num_classes, num_classes), dtype=onp.int64)
+    onp.add.at(matrix, (onp.asarray(labels), onp.asarray(predictions)), 1)
     return matrix
 
 

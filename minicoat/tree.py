@@ -6,11 +6,11 @@ Parameters, BatchNorm state and optimizer state are all such trees, e.g.::
 
 A tree's *structure* is its dict keys; anything that is not a dict is a *leaf*. Keys are
 strings without ".", because ``flatten`` joins them with "." into one key per leaf
-("stem.conv0.w"), the form ``np.savez`` stores. Empty dicts hold no leaf and vanish when
+("stem.conv0.w"), the form ``numpy.savez`` stores. Empty dicts hold no leaf and vanish when
 flattened. None of these helpers modify their inputs.
 """
 
-import numpy as np
+import numpy as onp
 
 
 def flatten(tree):
@@ -81,8 +81,8 @@ def tree_map(f, tree, *rest):
 def tree_zeros_like(tree):
     """A tree of zero arrays with the shapes and dtypes of ``tree``'s leaves.
 
-    >>> import numpy as np
-    >>> tree_zeros_like({"w": np.ones((2,), np.float32)})
+    >>> import numpy as onp
+    >>> tree_zeros_like({"w": onp.ones((2,), onp.float32)})
     {'w': array([0., 0.], dtype=float32)}
     """
-    return tree_map(np.zeros_like, tree)
+    return tree_map(onp.zeros_like, tree)

@@ -259,8 +259,8 @@ def test_every_kernel_belongs_to_an_op_and_fast_falls_back_to_readable():
             assert pathlib.Path(kernel.__code__.co_filename).parent == KERNELS, name
 
 
-def _kernel_functions_entered(impl):
-    """Names of functions defined under minicoat/kernels/ that a training step calls."""
+def _functions_entered(impl):
+    """(kernel functions, teaching-tier ``*_backward`` functions) that a training step calls."""
     config = mc.config("coatnet-digits", layout="CTTT")
     params, state = mc.init_params(config, 0)
     x = np.random.default_rng(0).standard_normal((4, 8, 8, 1)).astype(np.float32)
@@ -275,11 +275,25 @@ def _kernel_functions_entered(impl):
         train_step(params, state, optimizer.init(params), x, labels, 1e-3, config, hp, optimizer)
         mc.forward(params, state, x, config, train=False)
         profile.disable()
-    stats = pstats.Stats(profile).stats
-    return sorted({name for (path, _, name) in stats if pathlib.Path(path).is_relative_to(KERNELS)})
+    entered = pstats.Stats(profile).stats
+    kernels = {name for (path, _, name) in entered if pathlib.Path(path).is_relative_to(KERNELS)}
+    backward = {name for (path, _, name) in entered
+                if pathlib.Path(path).is_relative_to(KERNELS.parent / "ops")
+                and name.endswith("_backward")}
+    return sorted(kernels), sorted(backward)
 
 
-@pytest.mark.parametrize("impl", ["traced", "readable"])
-def test_a_teaching_tier_training_step_never_enters_the_kernels(impl):
-    assert _kernel_functions_entered(impl) == []
-    assert len(_kernel_functions_entered("fast")) > 5  # the profile does see them when used
+def test_each_implementation_runs_its_own_code_and_no_other():
+    """A traced step runs neither the kernels nor the hand-written backward functions; a
+    readable one runs the backward functions of every kind of op and no kernel; a fast one
+    runs the kernels (and the backward functions of the ops that have no kernel)."""
+    kernels, backward = _functions_entered("traced")
+    assert kernels == [] and backward == [], (kernels, backward)
+    kernels, backward = _functions_entered("readable")
+    assert kernels == [], f"a readable step entered the kernel tier: {kernels}"
+    assert {"depthwise_conv2d_backward", "conv2d_backward", "linear_backward",
+            "batch_norm_train_backward", "layer_norm_backward", "gelu_backward",
+            "attention_core_backward", "gather_rel_bias_backward", "max_pool2d_backward",
+            "cross_entropy_backward"} <= set(backward), backward
+    kernels, backward = _functions_entered("fast")
+    assert len(kernels) > 5 and "depthwise_conv2d_backward" not in backward, (kernels, backward)

@@ -345,3 +345,26 @@ def test_flops_follow_the_stride_placement():
         h, w = paper.grid(stage)
         extra += 3 * h * w * c_in * c_out * paper.mbconv_expand  # (4 - 1) x output pixels
     assert mc.count_flops(timm_style) - mc.count_flops(paper) == extra
+
+
+def test_plan_follows_the_papers_rules_block_by_block():
+    """The twin reads the same plan, so a structural mistake there would be shared: pin the
+    plan of CoAtNet-0 to the rules written out by hand (table 3, appendix A.1: expansion 4 of
+    the output width, SE 0.25 of the input width, heads = width / 32, stride 2 first)."""
+    blocks_ = {block.name: block for block in mc.plan(mc.config("coatnet-0"))}
+    assert len(blocks_) == 2 + 2 + 3 + 5 + 2
+    expected = {  # name: (kind, c_in, c_out, stride, grid_in, grid_out, expanded, se, heads)
+        "stem.conv0": ("stem", 3, 64, 2, (224, 224), (112, 112), 0, 0, 0),
+        "stem.conv1": ("stem", 64, 64, 1, (112, 112), (112, 112), 0, 0, 0),
+        "s1.block0": ("C", 64, 96, 2, (112, 112), (56, 56), 384, 16, 0),
+        "s1.block1": ("C", 96, 96, 1, (56, 56), (56, 56), 384, 24, 0),
+        "s2.block0": ("C", 96, 192, 2, (56, 56), (28, 28), 768, 24, 0),
+        "s2.block2": ("C", 192, 192, 1, (28, 28), (28, 28), 768, 48, 0),
+        "s3.block0": ("T", 192, 384, 2, (28, 28), (14, 14), 1536, 0, 12),
+        "s3.block4": ("T", 384, 384, 1, (14, 14), (14, 14), 1536, 0, 12),
+        "s4.block0": ("T", 384, 768, 2, (14, 14), (7, 7), 3072, 0, 24),
+        "s4.block1": ("T", 768, 768, 1, (7, 7), (7, 7), 3072, 0, 24),
+    }
+    for name, fields in expected.items():
+        assert tuple(blocks_[name])[3:] == fields, f"{name}: plan {blocks_[name]} != {fields}"
+    assert mc.count_params(mc.config("coatnet-0")) == 24_993_844  # timm, SE of C_out: 25.04M

@@ -23,7 +23,7 @@ all ``compare`` needs to run an op and its twin on the same inputs.
 from typing import Callable, NamedTuple
 
 import autograd
-import numpy as np
+import numpy as onp
 import torch
 import torch.nn.functional as F
 
@@ -40,7 +40,7 @@ def to_torch(a):
     The copy is C-contiguous whatever the array's strides (``torch.tensor`` would keep them,
     and torch's float64 convolution backward refuses a non-contiguous weight).
     """
-    return torch.tensor(np.asarray(a)).contiguous()
+    return torch.tensor(onp.asarray(a)).contiguous()
 
 
 def to_numpy(t):
@@ -55,69 +55,69 @@ def _check_ndim(name, a, ndim, layout):
 
 def nhwc_to_nchw(x):
     """Feature map ``(N, H, W, C)`` NumPy -> ``(N, C, H, W)`` torch."""
-    _check_ndim("x", np.asarray(x), 4, "(N, H, W, C)")
-    return to_torch(np.transpose(x, (0, 3, 1, 2)))
+    _check_ndim("x", onp.asarray(x), 4, "(N, H, W, C)")
+    return to_torch(onp.transpose(x, (0, 3, 1, 2)))
 
 
 def nchw_to_nhwc(t):
     """Feature map ``(N, C, H, W)`` torch -> ``(N, H, W, C)`` NumPy."""
     _check_ndim("t", t, 4, "(N, C, H, W)")
-    return np.ascontiguousarray(np.transpose(to_numpy(t), (0, 2, 3, 1)))
+    return onp.ascontiguousarray(onp.transpose(to_numpy(t), (0, 2, 3, 1)))
 
 
 def depthwise_kernel_to_torch(w):
     """Depthwise kernel ``(k, k, C)`` NumPy -> ``(C, 1, k, k)`` torch (``groups=C``)."""
-    _check_ndim("w", np.asarray(w), 3, "(k, k, C)")
-    return to_torch(np.transpose(w, (2, 0, 1))[:, None])
+    _check_ndim("w", onp.asarray(w), 3, "(k, k, C)")
+    return to_torch(onp.transpose(w, (2, 0, 1))[:, None])
 
 
 def depthwise_kernel_from_torch(t):
     """Depthwise kernel ``(C, 1, k, k)`` torch -> ``(k, k, C)`` NumPy."""
     _check_ndim("t", t, 4, "(C, 1, k, k)")
-    return np.ascontiguousarray(np.transpose(to_numpy(t)[:, 0], (1, 2, 0)))
+    return onp.ascontiguousarray(onp.transpose(to_numpy(t)[:, 0], (1, 2, 0)))
 
 
 def conv_kernel_to_torch(w):
     """Dense kernel ``(k, k, C_in, C_out)`` NumPy -> ``(C_out, C_in, k, k)`` torch."""
-    _check_ndim("w", np.asarray(w), 4, "(k, k, C_in, C_out)")
-    return to_torch(np.transpose(w, (3, 2, 0, 1)))
+    _check_ndim("w", onp.asarray(w), 4, "(k, k, C_in, C_out)")
+    return to_torch(onp.transpose(w, (3, 2, 0, 1)))
 
 
 def conv_kernel_from_torch(t):
     """Dense kernel ``(C_out, C_in, k, k)`` torch -> ``(k, k, C_in, C_out)`` NumPy."""
     _check_ndim("t", t, 4, "(C_out, C_in, k, k)")
-    return np.ascontiguousarray(np.transpose(to_numpy(t), (2, 3, 1, 0)))
+    return onp.ascontiguousarray(onp.transpose(to_numpy(t), (2, 3, 1, 0)))
 
 
 def pointwise_kernel_to_torch(w):
     """1x1 kernel ``(C_in, C_out)`` NumPy -> ``(C_out, C_in, 1, 1)`` torch (``nn.Conv2d``)."""
-    _check_ndim("w", np.asarray(w), 2, "(C_in, C_out)")
-    return to_torch(np.transpose(w)[:, :, None, None])
+    _check_ndim("w", onp.asarray(w), 2, "(C_in, C_out)")
+    return to_torch(onp.transpose(w)[:, :, None, None])
 
 
 def pointwise_kernel_from_torch(t):
     """1x1 kernel ``(C_out, C_in, 1, 1)`` torch -> ``(C_in, C_out)`` NumPy."""
     _check_ndim("t", t, 4, "(C_out, C_in, 1, 1)")
-    return np.ascontiguousarray(np.transpose(to_numpy(t)[:, :, 0, 0]))
+    return onp.ascontiguousarray(onp.transpose(to_numpy(t)[:, :, 0, 0]))
 
 
 def linear_to_torch(w):
     """Linear weight ``(C_in, C_out)`` NumPy -> ``(C_out, C_in)`` torch, as ``nn.Linear``."""
-    _check_ndim("w", np.asarray(w), 2, "(C_in, C_out)")
-    return to_torch(np.transpose(w))
+    _check_ndim("w", onp.asarray(w), 2, "(C_in, C_out)")
+    return to_torch(onp.transpose(w))
 
 
 def linear_from_torch(t):
     """Linear weight ``(C_out, C_in)`` torch -> ``(C_in, C_out)`` NumPy."""
     _check_ndim("t", t, 2, "(C_out, C_in)")
-    return np.ascontiguousarray(np.transpose(to_numpy(t)))
+    return onp.ascontiguousarray(onp.transpose(to_numpy(t)))
 
 
 class Layout(NamedTuple):
     """How one kind of array travels: NumPy -> torch and back."""
 
-    to_torch: Callable[[np.ndarray], torch.Tensor]
-    to_numpy: Callable[[torch.Tensor], np.ndarray]
+    to_torch: Callable[[onp.ndarray], torch.Tensor]
+    to_numpy: Callable[[torch.Tensor], onp.ndarray]
 
 
 PLAIN = Layout(to_torch, to_numpy)  # same axes on both sides: tokens, vectors, logits, ...
@@ -227,7 +227,7 @@ def squeeze_excitation(x, p, approximate="none"):
 
 def cross_entropy(logits, labels, label_smoothing=0.0):
     """``F.cross_entropy`` (mean over the batch); ``labels`` may be a NumPy integer array."""
-    labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    labels = torch.as_tensor(onp.asarray(labels), dtype=torch.long)
     return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
 
 
@@ -333,8 +333,8 @@ def compare(ours, theirs, inputs, layouts=None, output=PLAIN, seed=0):
     if unknown:
         raise ValueError(f"layouts names inputs that do not exist: {sorted(unknown)}")
     vjp, y = autograd.make_vjp(lambda values: ours(**values))(dict(inputs))
-    y = np.asarray(y)
-    upstream = np.random.default_rng(seed).standard_normal(y.shape).astype(y.dtype)
+    y = onp.asarray(y)
+    upstream = onp.random.default_rng(seed).standard_normal(y.shape).astype(y.dtype)
     grads = vjp(upstream)
 
     torch_inputs = {
