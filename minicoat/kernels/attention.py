@@ -66,17 +66,7 @@ def _attention_weights(q, k, bias, variant):
 
 @primitive
 def attention_core(q, k, v, bias, variant):
-    """Multi-head attention with an additive relative bias, forward and hand-written VJP.
-
-    Args:
-        q, k, v: ``(N, heads, T, d)``.
-        bias: ``(heads, T, T)``, the gathered relative bias ``B[h, i, j]``.
-        variant: ``"pre"`` (``softmax(qk^T/sqrt d + B) v``) or ``"post"``
-            (``(softmax(qk^T/sqrt d) + B) v``).
-
-    Returns:
-        ``(N, heads, T, d)``.
-    """
+    """``attention_core`` (shapes there), in place on one array of logits; VJP below."""
     weights, _ = _attention_weights(q, k, bias, variant)
     return weights @ v
 
