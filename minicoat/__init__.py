@@ -35,7 +35,7 @@ from .ops import (
     squeeze_excitation,
     value_and_grad,
 )
-from .plan import plan
+from .plans import plan
 
 __version__ = "0.1.0"
 

@@ -70,7 +70,7 @@ from .ops import (
     value_and_grad,
 )
 from .optim import adamw_init, adamw_update
-from .plan import make_block
+from .plans import make_block
 
 PRESET = "coatnet-cifar"
 LR, WEIGHT_DECAY = 1e-3, 0.05  # AdamW in both frameworks, decay on every leaf (torch's default)

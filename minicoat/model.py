@@ -12,7 +12,7 @@ Paper section 2.2 and table 3. An image ``(N, H, W, C)`` flows through
 ``layout="VIT_REL"`` replaces S0-S3's downsampling by one patchifying linear layer (patch size
 = ``strides[0] * .. * strides[3]``, landing on S3's grid) followed by Transformer blocks only.
 
-Every layer's widths, stride and grid come from the network's plan (``plan.py``), computed once
+Every layer's widths, stride and grid come from the network's plan (``plans.py``), computed once
 from the config. Parameters are built from a *spec* (``param_spec``): a nested dict whose leaves
 say a shape and how to initialise it. The spec also gives parameter counts without allocating
 anything (CoAtNet-4 has 275M parameters) and tells ``forward`` whether parameters fit a config.
@@ -28,7 +28,7 @@ from . import blocks
 from .configs import CoAtNetConfig
 from .ops import batch_norm_gelu, conv2d, global_avg_pool, layer_norm, linear
 from .ops.norm import init_bn_state
-from .plan import plan, stage_blocks
+from .plans import plan, stage_blocks
 
 # -- specs ----------------------------------------------------------------------------------
 

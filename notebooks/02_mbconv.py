@@ -47,7 +47,7 @@ from minicoat.model import init_from_spec, init_state
 from minicoat.ops import norm as norm_ops  # the teaching tier's norms
 from minicoat.oracle import ops as oracle
 from minicoat.oracle.network import MBConv, copy_into, torch_grads_as_params
-from minicoat.plan import make_block
+from minicoat.plans import make_block
 from minicoat.tree import flatten
 
 

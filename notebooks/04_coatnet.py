@@ -26,7 +26,7 @@
 # 4. moves weights back from PyTorch (`from_torch`) and round-trips them exactly.
 #
 # Source: [`minicoat/model.py`](../minicoat/model.py),
-# [`minicoat/config.py`](../minicoat/config.py),
+# [`minicoat/configs.py`](../minicoat/configs.py),
 # [`minicoat/oracle/network.py`](../minicoat/oracle/network.py).
 
 # %%

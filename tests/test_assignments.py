@@ -24,7 +24,7 @@ from minicoat import blocks
 from minicoat.assignments import build, checks
 from minicoat.assignments.grading import Submission
 from minicoat.optim import adamw_update, decay_mask
-from minicoat.plan import make_block
+from minicoat.plans import make_block
 
 SOURCES = dict(build.default_sources())  # file name -> text
 NAMES = [pathlib.PurePath(f).stem for f in SOURCES]

@@ -24,7 +24,7 @@ from minicoat.oracle.network import (
     to_torch,
     torch_grads_as_params,
 )
-from minicoat.plan import make_block
+from minicoat.plans import make_block
 from minicoat.tree import flatten, unflatten
 
 ORACLE_TOL = 1e-10

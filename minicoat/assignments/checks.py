@@ -35,7 +35,7 @@ import minicoat as mc
 from .. import blocks
 from ..model import init_from_spec
 from ..optim import adamw_init, adamw_update, decay_mask
-from ..plan import make_block
+from ..plans import make_block
 from ..tree import flatten, tree_map, unflatten
 
 ORACLE_TOL = 1e-10  # against minicoat and PyTorch; expect ~1e-15

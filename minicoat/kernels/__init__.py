@@ -7,6 +7,4 @@ measurements: ``docs/performance.md``. Nothing here runs while the implementatio
 ``"traced"`` or ``"readable"``.
 """
 
-from . import activations, attention, autodiff, conv, norm, pooling
-
-__all__ = ["activations", "attention", "autodiff", "conv", "norm", "pooling"]
+from . import activations, attention, autodiff, conv, norm, pooling  # noqa: F401

@@ -78,11 +78,19 @@ def gather_rel_bias_backward(g, rel_bias, index):
     return d_table, None
 
 
-gather_rel_bias = dispatch(
+_gather_rel_bias = dispatch(
     "gather_rel_bias",
     traced=gather_rel_bias_traced,
     readable=with_vjp(gather_rel_bias_traced, gather_rel_bias_backward),
 )
+
+
+def gather_rel_bias(rel_bias, index):
+    """The bias matrix of every head: ``(heads, L), (T, T) int -> (heads, T, T)``.
+
+    ``B[h, i, j] = rel_bias[h, index[i, j]]`` with ``index = relative_position_index(H, W)``.
+    """
+    return _gather_rel_bias(rel_bias, index)
 
 
 # -- the attention core: q, k, v and the bias matrix -> weighted values ----------------------
@@ -120,12 +128,15 @@ def attention_core_backward(g, q, k, v, bias, variant):
     return d_q, d_k, d_v, d_bias, None
 
 
-attention_core = dispatch(
+_attention_core = dispatch(
     "attention_core",
     traced=attention_core_traced,
     readable=with_vjp(attention_core_traced, attention_core_backward),
 )
-attention_core.__doc__ = """Multi-head attention with an additive relative bias.
+
+
+def attention_core(q, k, v, bias, variant):
+    """Multi-head attention with an additive relative bias, ``A v`` (pre or post).
 
     Args:
         q, k, v: ``(N, heads, T, d)``.
@@ -136,6 +147,7 @@ attention_core.__doc__ = """Multi-head attention with an additive relative bias.
     Returns:
         ``(N, heads, T, d)``.
     """
+    return _attention_core(q, k, v, bias, variant)
 
 
 # -- the full layer -------------------------------------------------------------------------

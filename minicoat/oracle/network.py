@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model import check_params, param_spec, state_spec
-from ..plan import plan, stage_blocks
+from ..plans import plan, stage_blocks
 from ..tree import flatten, unflatten
 
 # -- modules --------------------------------------------------------------------------------
@@ -64,7 +64,7 @@ class SqueezeExcite(nn.Module):
 
 
 class MBConv(nn.Module):
-    """An MBConv block for its record in the plan (``minicoat.plan.Block``: widths, stride)."""
+    """An MBConv block for its record in the plan (``minicoat.plans.Block``: widths, stride)."""
 
     def __init__(self, block, cfg):
         super().__init__()
@@ -126,7 +126,7 @@ def _channels_last(module, x):
 
 
 class Transformer(nn.Module):
-    """A Transformer block for its record in the plan (``minicoat.plan.Block``)."""
+    """A Transformer block for its record in the plan (``minicoat.plans.Block``)."""
 
     def __init__(self, block, cfg):
         super().__init__()

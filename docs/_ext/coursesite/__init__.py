@@ -157,6 +157,14 @@ def offer_notebook(app, pagename, templatename, context, doctree):
     context["ipynb_source"] = f"{pagename}.ipynb"
 
 
+def skip_namedtuple_fields(app, what, name, obj, skip, options):
+    """A ``NamedTuple``'s fields are documented by its docstring's Attributes section; autodoc
+    would document them again as members ("Alias for field number 0"), a duplicate."""
+    if what == "class" and (getattr(obj, "__doc__", None) or "").startswith("Alias for field"):
+        return True
+    return None
+
+
 def setup(app):
     from pygments.lexers.special import TextLexer
 
@@ -166,5 +174,6 @@ def setup(app):
     app.connect("builder-inited", generate)
     app.connect("source-read", add_navigation)
     app.connect("html-page-context", offer_notebook, priority=400)  # before the theme's
+    app.connect("autodoc-skip-member", skip_namedtuple_fields)
     app.add_transform(RepositoryLinks)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -49,7 +49,7 @@ import minicoat as mc
 from minicoat.assignments import checks
 from minicoat.blocks import mbconv_spec, mbconv_state
 from minicoat.model import init_from_spec, init_state
-from minicoat.plan import make_block
+from minicoat.plans import make_block
 
 # %% [markdown]
 # The parameters are a nested dict (`mbconv_spec` lists the shapes of a block from 8 to 16

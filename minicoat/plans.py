@@ -79,9 +79,16 @@ def make_block(config, kind, c_in, c_out, stride, grid_in, stage=1, index=0):
     raise ValueError(f"a block's kind is 'C' (MBConv) or 'T' (Transformer), got {kind!r}")
 
 
-@functools.lru_cache(maxsize=64)
 def plan(config):
-    """The blocks of ``config`` in the order they run: a tuple of ``Block`` records."""
+    """The blocks of ``config`` in the order they run: a tuple of ``Block`` records.
+
+    Computed once per config (configs are frozen and hashable) and shared by every caller.
+    """
+    return _plan(config)
+
+
+@functools.lru_cache(maxsize=64)
+def _plan(config):
     blocks = []
     grid, c_in = tuple(config.image_size), config.in_channels
     if config.layout == "VIT_REL":
