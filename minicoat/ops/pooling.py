@@ -36,13 +36,12 @@ def repeat_edge_to_even(x):
 def fold_edge(d_even, h, w):
     """The backward of ``repeat_edge_to_even``: the repeated row / column's gradient is added
     to the last real one. (N, H + H % 2, W + W % 2, C) -> (N, H, W, C)."""
-    if d_even.shape[1] > h:
-        d_even = onp.concatenate([d_even[:, : h - 1], d_even[:, h - 1 :].sum(1, keepdims=True)], 1)
-    if d_even.shape[2] > w:
-        d_even = onp.concatenate(
-            [d_even[:, :, : w - 1], d_even[:, :, w - 1 :].sum(2, keepdims=True)], 2
-        )
-    return d_even
+    d = d_even.copy()
+    if d.shape[1] > h:  # row h is a copy of row h - 1
+        d[:, h - 1] += d[:, h]
+    if d.shape[2] > w:  # column w is a copy of column w - 1 (the corner folds twice)
+        d[:, :, w - 1] += d[:, :, w]
+    return onp.ascontiguousarray(d[:, :h, :w])
 
 
 def windows(x_even):
