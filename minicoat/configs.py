@@ -70,12 +70,38 @@ class CoAtNetConfig:
     gelu: str = "none"
 
     def __post_init__(self):
+        import numbers
+        from collections.abc import Iterable
+
+        # Counts must be integers: 2.7 blocks or 1.5 channels is refused, never truncated.
+        # NumPy integers are accepted (numbers.Integral) and become Python ints; bools are not.
+        def integer(name, value):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise ValueError(f"{name} must be an integer, got {value!r} "
+                                 f"({type(value).__name__})")
+            return int(value)
+
+        def integers(name, value):
+            if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+                raise ValueError(f"{name} must be a sequence of integers, got {value!r}")
+            return tuple(integer(f"{name}[{i}]", v) for i, v in enumerate(value))
+
         # Normalise lists (e.g. from JSON) to tuples so configs compare and hash by value.
         for name in ("depths", "channels", "strides"):
-            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+            object.__setattr__(self, name, integers(name, getattr(self, name)))
         size = self.image_size
-        size = (size, size) if isinstance(size, int) else tuple(int(v) for v in size)
-        object.__setattr__(self, "image_size", size)
+        if isinstance(size, numbers.Number):
+            size = (integer("image_size", size),) * 2
+        object.__setattr__(self, "image_size", integers("image_size", size))
+        for name in ("in_channels", "num_classes", "head_hidden", "head_dim", "mbconv_expand",
+                     "ffn_expand"):
+            object.__setattr__(self, name, integer(name, getattr(self, name)))
+        se = self.se_ratio
+        if isinstance(se, bool) or not isinstance(se, numbers.Real) or not math.isfinite(se):
+            raise ValueError(f"se_ratio must be a finite number in (0, 1], got {se!r}")
+        for name in ("name", "layout", "variant", "pool", "stride_at", "gelu"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
         self.validate()
 
     # -- derived quantities --------------------------------------------------------------
