@@ -19,6 +19,7 @@ anything (CoAtNet-4 has 275M parameters) and tells ``forward`` whether parameter
 """
 
 import math
+from collections import Counter
 
 import autograd.numpy as np
 import numpy as onp
@@ -29,6 +30,7 @@ from .configs import CoAtNetConfig
 from .ops import batch_norm_gelu, conv2d, global_avg_pool, layer_norm, linear
 from .ops.norm import init_bn_state
 from .plans import plan, stage_blocks
+from .tree import flatten
 
 # -- specs ----------------------------------------------------------------------------------
 
@@ -164,6 +166,19 @@ def check_params(params, state, config):
                 f"image {config.image_size}): missing {missing}, unexpected {extra}, "
                 f"wrong shapes {shape}; were they made for another config?"
             )
+    # One floating dtype throughout (float32 to train, float64 for checks): an int or
+    # half-precision leaf, or a float64 leaf among float32 ones, would change dtypes silently.
+    dtypes = {f"{what}.{key}": onp.asarray(getval(leaf)).dtype
+              for what, tree in (("params", params), ("state", state))
+              for key, leaf in flatten(getval(tree)).items()}
+    usual = Counter(dtypes.values()).most_common(1)[0][0] if dtypes else None
+    odd = [f"{key}: {dtype}" for key, dtype in dtypes.items()
+           if dtype != usual or dtype not in (onp.float32, onp.float64)]
+    if odd:
+        raise ValueError(
+            f"params and state for config {config.name!r} must be all float32 or all float64; "
+            f"found {odd[:3]} (most leaves are {usual})"
+        )
 
 
 # -- forward --------------------------------------------------------------------------------
