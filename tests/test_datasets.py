@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from minicoat import datasets as D
+from minicoat.datasets.shapes import _stencil
 
 # --------------------------------------------------------------------------------------------
 # Fixture writers
@@ -182,12 +183,12 @@ def test_shapes_pixels_match_metadata():
         for j in range(2):
             (r, c), s = meta["tops"][i, j], meta["sizes"][i, j]
             box = x[i, r:r + s, c:c + s, 0]
-            expected = meta["intensity"][i, j] * D._stencil(meta["kinds"][i, j], s)
+            expected = meta["intensity"][i, j] * _stencil(meta["kinds"][i, j], s)
             np.testing.assert_allclose(box, expected)
             inside[r:r + s, c:c + s] = True
         assert (x[i, ~inside, 0] == 0).all()
     # the three kinds really look different
-    masks = [D._stencil(k, 3) for k in range(3)]
+    masks = [_stencil(k, 3) for k in range(3)]
     assert len({m.tobytes() for m in masks}) == 3
 
 
