@@ -4,13 +4,12 @@ implicit.
 """
 
 import hashlib
-import os
-import tempfile
 import urllib.request
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..files import atomic_write
 from .formats import CIFAR10_ARCHIVE
 
 
@@ -79,37 +78,45 @@ def sha256_of(path, chunk=1 << 20):
     return h.hexdigest()
 
 
-def download_file(url, dest, sha256=None, timeout=60):
-    """Download ``url`` to ``dest`` atomically and verify its SHA-256.
+DOWNLOAD_MAX_BYTES = 512 << 20  # when a file's size is unknown (the largest here: 170 MB)
+
+
+def download_file(url, dest, sha256=None, timeout=60, size=None):
+    """Download ``url`` to ``dest`` atomically and verify its size and SHA-256.
 
     The bytes go to a temporary file next to ``dest`` that is renamed into place only once
     complete and verified, so an interrupted or corrupt download never leaves a file that a
-    later run would trust. On a checksum mismatch the temporary file is deleted and
-    ``ValueError`` is raised. With ``sha256=None`` the file is kept but a ``UserWarning`` says
-    it could not be verified. Returns ``dest`` as a ``Path``.
+    later run would trust. A server that sends more than ``size`` bytes (or, if ``size`` is
+    None, more than ``DOWNLOAD_MAX_BYTES``) is cut off at the first byte too many, and one
+    that sends fewer than ``size`` is refused. On a size or checksum mismatch the temporary
+    file is deleted and ``ValueError`` is raised. With ``sha256=None`` the file is kept but a
+    ``UserWarning`` says it could not be verified. Returns ``dest`` as a ``Path``.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
-    try:
-        h = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-            while block := resp.read(1 << 20):
+    limit = DOWNLOAD_MAX_BYTES if size is None else int(size)
+    with atomic_write(dest) as out:  # renamed into place only if the block completes
+        h, received = hashlib.sha256(), 0
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            while block := resp.read(min(1 << 20, limit + 1 - received)):
+                received += len(block)
+                if received > limit:
+                    raise ValueError(f"{url} sends more than the {limit:,} bytes expected; "
+                                     f"the download was discarded")
                 h.update(block)
                 out.write(block)
+        if size is not None and received != limit:
+            raise ValueError(f"{url} sent {received:,} bytes, expected {limit:,}; the "
+                             f"download was discarded")
         digest = h.hexdigest()
         if sha256 is None:
             warnings.warn(
                 f"no known SHA-256 for {url}: {dest.name} was downloaded but could not be "
-                f"verified (its SHA-256 is {digest})", stacklevel=2)
+                f"verified (its SHA-256 is {digest})", stacklevel=3)
         elif digest != sha256.lower():
             raise ValueError(
                 f"checksum mismatch for {url}: expected SHA-256 {sha256}, got {digest}; "
                 f"the download was discarded")
-        os.replace(tmp, dest)  # atomic on POSIX and Windows within one directory
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return dest
 
 
@@ -119,5 +126,5 @@ def _download_all(kind, directory):
         dest = Path(directory) / name
         if not dest.exists():
             print(f"downloading {remote.url} -> {dest}", flush=True)
-            download_file(remote.url, dest, remote.sha256)
+            download_file(remote.url, dest, remote.sha256, size=remote.size)
 
