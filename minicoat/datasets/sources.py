@@ -19,7 +19,7 @@ from .formats import (
     CIFAR10_TEST_FILE,
     CIFAR10_TRAIN_FILES,
     MNIST_FILES,
-    _safe_extract,
+    extract_cifar10,
     read_cifar10_batch,
     read_idx,
 )
@@ -78,20 +78,21 @@ def load_mnist(data_dir=None, kind="mnist", download=False):
     return x_train, y_train, x_test, y_test
 
 
+MNIST_MAX_IMAGES = 100_000  # per IDX file (the official files hold 60000 and 10000)
+
+
 def _mnist_pair(images_path, labels_path):
-    x, y = read_idx(images_path), read_idx(labels_path)
-    if x.ndim != 3 or x.dtype != np.uint8:
-        raise ValueError(f"{images_path}: expected (N, H, W) uint8 images, got "
-                         f"{x.shape} {x.dtype}")
-    if y.ndim != 1:
-        raise ValueError(f"{labels_path}: expected (N,) labels, got shape {y.shape}")
+    limit = MNIST_MAX_IMAGES
+    x = read_idx(images_path, max_bytes=limit * 28 * 28, shape=(None, 28, 28), dtype=np.uint8)
+    y = read_idx(labels_path, max_bytes=limit, shape=(None,), dtype=np.uint8)
+    if len(x) == 0:
+        raise ValueError(f"{images_path} holds no images")
     if len(x) != len(y):
         raise ValueError(f"{images_path} holds {len(x)} images but {labels_path} holds "
                          f"{len(y)} labels")
     if y.size and y.max() > 9:
         raise ValueError(f"{labels_path}: labels must be 0..9, found {y.max()}")
     return x[..., None], y.astype(np.int64)
-
 
 
 def _find_cifar10_files(dirs):
@@ -105,8 +106,9 @@ def load_cifar10(data_dir=None, download=False):
 
     Looks for ``data_batch_1.bin`` .. ``data_batch_5.bin`` and ``test_batch.bin`` in
     ``data_dir/cifar-10-batches-bin/`` or ``data_dir``. If they are absent but the official
-    ``cifar-10-binary.tar.gz`` is in ``data_dir``, it is extracted there (safely); with
-    ``download=True`` the archive is fetched first.
+    ``cifar-10-binary.tar.gz`` is in ``data_dir``, its six batch files (and nothing else) are
+    extracted into ``data_dir/cifar-10-batches-bin/`` (bounded: ``formats.extract_cifar10``);
+    with ``download=True`` the archive is fetched first.
 
     Returns ``(x_train, y_train, x_test, y_test)``: images ``(N, 32, 32, 3)`` uint8 RGB,
     labels ``(N,)`` int64.
@@ -118,8 +120,11 @@ def load_cifar10(data_dir=None, download=False):
     if missing and (archive.is_file() or download):
         if not archive.is_file():
             _download_all("cifar10", data_dir)
-        _safe_extract(archive, data_dir)
+        extract_cifar10(archive, data_dir)
         found, missing = _find_cifar10_files(dirs)
+    if missing and archive.is_file():
+        raise ValueError(f"{archive} does not hold {CIFAR10_DIR}/{missing[0]}; is it the "
+                         f"binary version of CIFAR-10? Delete it and pass --download")
     if missing:
         raise FileNotFoundError(
             f"cifar10: missing {', '.join(missing)} in {dirs[0]} or {dirs[1]}, and no "

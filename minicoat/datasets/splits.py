@@ -4,6 +4,8 @@ Splits never depend on the training seed: they come from a fixed internal seed
 (``SPLIT_SEED``), so every run of every experiment sees the same train/validation/test images.
 """
 
+import hashlib
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,8 +56,8 @@ def stratified_order(y, seed=SPLIT_SEED):
 def _take_first(order, k, what):
     if k is None:
         return order
-    if not 0 < k <= len(order):
-        raise ValueError(f"{what} must be in 1..{len(order)}, got {k}")
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 0 < k <= len(order):
+        raise ValueError(f"{what} must be an integer in 1..{len(order)}, got {k!r}")
     return order[:k]
 
 
@@ -109,6 +111,9 @@ class Dataset:
             scaled to [0, 1]; ``raw01 = x * std + mean`` undoes the normalisation.
         flip: whether random horizontal flips are a label-preserving augmentation.
         crop_pad: zero padding for random-crop augmentation (0 disables it).
+        definition: what a checkpoint records to tell whether a later run sees the same
+            data (``data_definition``): the arguments of ``load_dataset``, the SHA-256 of
+            each split's raw images and labels, ``mean`` and ``std``.
     """
 
     name: str
@@ -123,6 +128,7 @@ class Dataset:
     std: np.ndarray
     flip: bool
     crop_pad: int
+    definition: dict = None
 
     @property
     def image_shape(self):
@@ -178,7 +184,7 @@ def _raw_splits(name, data_dir, download, seed, val_fraction):
 
 
 def load_dataset(name, data_dir=None, download=False, seed=0, val_fraction=0.1,
-                 train_subset=None, test_subset=None):
+                 train_subset=None, test_subset=None, mean=None, std=None):
     """Load a dataset with fixed splits, normalised float32 images ``(N, H, W, C)``.
 
     Splits (fixed: they depend on nothing but ``val_fraction``, never on ``seed``):
@@ -194,7 +200,8 @@ def load_dataset(name, data_dir=None, download=False, seed=0, val_fraction=0.1,
 
     ``train_subset=k`` keeps the first ``k`` training images of the fixed stratified shuffle
     (so about k/10 per class); ``test_subset`` likewise for the test set. Normalisation uses the
-    mean/std of the training images actually kept.
+    mean/std of the training images actually kept, unless ``mean`` and ``std`` (``(C,)``, e.g.
+    a checkpoint's) are given: then those are used, as evaluating a trained model must.
 
     Raises ``ValueError`` for an unknown name or bad sizes, ``FileNotFoundError`` when the
     files of mnist/fashion-mnist/cifar10 are not in ``data_dir`` (default
@@ -216,13 +223,65 @@ def load_dataset(name, data_dir=None, download=False, seed=0, val_fraction=0.1,
         x_te, y_te = x_te[keep], y_te[keep]
 
     classes, flip, crop_pad, scale = _META[name]
-    mean, std = channel_stats(x_tr, scale)
-    std = np.where(std > 1e-6, std, np.float32(1.0)).astype(np.float32)  # constant channels
+    if (mean is None) != (std is None):
+        raise ValueError("give both mean and std (the stored normalisation), or neither")
+    if mean is None:
+        mean, std = channel_stats(x_tr, scale)
+        std = np.where(std > 1e-6, std, np.float32(1.0)).astype(np.float32)  # constant channels
+    else:
+        mean, std = _statistics(mean, std, x_tr.shape[-1])
+    raw = {"train": (x_tr, y_tr), "val": (x_va, y_va), "test": (x_te, y_te)}
+    definition = dict(
+        dataset=name, val_fraction=float(val_fraction),
+        train_subset=None if train_subset is None else int(train_subset),
+        test_subset=None if test_subset is None else int(test_subset),
+        seed=int(seed) if name == "shapes" else None,
+        sha256={split: _digest(*arrays) for split, arrays in raw.items()},
+        mean=mean.tolist(), std=std.tolist(),
+    )
     return Dataset(
         name=name,
         x_train=normalize(x_tr, mean, std, scale), y_train=y_tr.astype(np.int64),
         x_val=normalize(x_va, mean, std, scale), y_val=y_va.astype(np.int64),
         x_test=normalize(x_te, mean, std, scale), y_test=y_te.astype(np.int64),
         classes=classes, mean=mean, std=std, flip=flip, crop_pad=crop_pad,
+        definition=definition,
     )
 
+
+def _statistics(mean, std, channels):
+    """Given normalisation statistics as ``(C,)`` float32, checked finite and std > 0."""
+    mean, std = (np.asarray(v, dtype=np.float32) for v in (mean, std))
+    for what, v in (("mean", mean), ("std", std)):
+        if v.shape != (channels,) or not np.all(np.isfinite(v)):
+            raise ValueError(f"{what} must be {channels} finite numbers (one per channel), "
+                             f"got {v.tolist()}")
+    if not np.all(std > 0):
+        raise ValueError(f"std must be positive, got {std.tolist()}")
+    return mean, std
+
+
+def _digest(x, y):
+    """SHA-256 of a split's raw images and labels (their bytes, shapes and dtypes)."""
+    h = hashlib.sha256()
+    for a in (x, y):
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
+
+
+def data_differences(stored, current):
+    """The fields in which two ``Dataset.definition`` dicts differ, as readable strings.
+
+    ``["train_subset: 96 (run) != None (now)", "sha256.train: 3f2a.. != 9b1c..", ...]``.
+    """
+    out = []
+    for key in sorted(set(stored) | set(current)):
+        a, b = stored.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{key}.{k}: {str(a.get(k))[:12]}.. (run) != {str(b.get(k))[:12]}.. (now)"
+                    for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        elif a != b:
+            out.append(f"{key}: {a!r} (run) != {b!r} (now)")
+    return out
