@@ -16,22 +16,30 @@ Nothing is pickled, and loading refuses files that would need pickle: unpickling
 from the file. Arrays come back bit-exact with their dtypes; ``kind: "int"`` entries (the
 optimizer's step count) come back as Python ints.
 
-Writes are atomic: the archive goes to a temporary file in the target's directory, is
-flushed to disk, then renamed over the target (``os.replace``), so a crash mid-write leaves
-the previous checkpoint intact rather than half a file.
+Writes are atomic (``files.atomic_write``): the archive goes to a temporary file in the
+target's directory, is flushed to disk, then renamed over the target, so a crash mid-write
+leaves the previous checkpoint intact rather than half a file.
+
+Loading trusts nothing in the file and reads in bounded memory (``npz.NpzArchive``): the
+``meta`` entry (at most ``META_MAX_BYTES``) first, parsed defensively; then the array index
+is checked against the stored config with ``model.check_params`` (keys, shapes, one float
+dtype; placeholders that allocate nothing) and the optimizer state against the parameters;
+only then is each array read, into an array of the size the config implies, refused at the
+first byte beyond it. A checkpoint takes at most what its own validated config's arrays take.
 """
 
 import dataclasses
 import json
+import math
 import os
-import secrets
-import zipfile
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
 
 from .configs import CoAtNetConfig
+from .files import atomic_write
+from .model import check_params
+from .npz import NpzArchive, NpzError
 from .tree import flatten, unflatten
 
 FORMAT = "minicoat-checkpoint"
@@ -39,6 +47,8 @@ VERSION = 1
 SECTIONS = ("params", "state", "opt")
 _ZIP_MAGIC = b"PK\x03\x04"  # every non-empty .npz (a zip archive) starts with this
 _BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")
+META_MAX_BYTES = 16 << 20  # the JSON metadata (a 1000-epoch history is ~0.3 MB)
+MAX_INFLATION = 1100  # no deflated archive inflates more than 1032:1
 
 
 @dataclass
@@ -95,13 +105,44 @@ def _section_arrays(section, tree, arrays, index):
         }
 
 
+# -- saving ------------------------------------------------------------------------------
+
+
+def _json_default(obj):
+    """JSON for the NumPy values in a bit generator's state (MT19937 keeps an array)."""
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
+
+
+def _section_arrays(section, tree, arrays, index):
+    """Add ``tree``'s leaves to ``arrays`` under ``section/`` and describe them in ``index``."""
+    for key, leaf in flatten(tree).items():
+        name = f"{section}/{key}"
+        is_int = isinstance(leaf, (int, np.integer)) and not isinstance(leaf, (bool, np.bool_))
+        array = np.asarray(leaf, dtype=np.int64) if is_int else np.asarray(leaf)
+        if array.dtype.hasobject:
+            raise ValueError(f"{name} is an object array; checkpoints store numeric arrays only")
+        arrays[name] = array
+        index[name] = {
+            "shape": list(array.shape),
+            "dtype": array.dtype.str,
+            "kind": "int" if is_int else "array",
+        }
+
+
 def save_checkpoint(path, params, state, config, opt_state=None, step=0, rng_state=None,
                     extra=None):
     """Write a checkpoint to ``path`` (exactly that name: no ".npz" is appended), atomically.
 
     Args:
         path: target file; its directory must exist. An existing file is replaced.
-        params, state: parameter and BatchNorm-state pytrees.
+        params, state: parameter and BatchNorm-state pytrees of ``config`` (checked with
+            ``model.check_params``: a checkpoint that could not be loaded is never written).
         config: the ``CoAtNetConfig`` (or its ``to_dict()``).
         opt_state: optimizer state pytree of arrays and ints (``optim``), or None.
         step: training step (an int).
@@ -113,6 +154,11 @@ def save_checkpoint(path, params, state, config, opt_state=None, step=0, rng_sta
         config = CoAtNetConfig.from_dict(config)
     if not isinstance(config, CoAtNetConfig):
         raise TypeError(f"config must be a CoAtNetConfig, got {type(config).__name__}")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"cannot write checkpoint {path}: directory {directory} "
+                                f"does not exist")
+    check_params(params, state, config)
     if isinstance(rng_state, np.random.Generator):
         rng_state = rng_state.bit_generator.state
 
@@ -132,88 +178,32 @@ def save_checkpoint(path, params, state, config, opt_state=None, step=0, rng_sta
         "arrays": index,
     }
     try:
-        meta_json = json.dumps(meta, default=_json_default, sort_keys=True)
+        meta_json = json.dumps(meta, default=_json_default, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as err:
         raise ValueError(f"checkpoint metadata for {path} is not JSON-serialisable "
                          f"(check extra and rng_state): {err}") from err
+    if len(meta_json) * 4 > META_MAX_BYTES:
+        raise ValueError(f"checkpoint metadata for {path} is {len(meta_json) * 4:,} bytes, "
+                         f"more than load_checkpoint accepts ({META_MAX_BYTES:,})")
     arrays["meta"] = np.array(meta_json)  # a 0-d unicode array, not an object array
-
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"cannot write checkpoint {path}: directory {directory} "
-                                f"does not exist")
-    # A temporary file in the same directory, so os.replace is a rename within one
-    # filesystem (atomic); a hidden name keeps it out of the way if a crash leaves it behind.
-    # O_EXCL with a random name avoids clashing with a concurrent writer; mode 0o666 lets the
-    # umask decide the permissions, as for any new file (mkstemp would force 0o600).
-    tmp_path = os.path.join(
-        directory, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
-                 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            # A file object, so np.savez does not append ".npz" to the temporary name.
-            np.savez(f, allow_pickle=False, **arrays)
-            f.flush()
-            os.fsync(f.fileno())  # the data is on disk before the rename makes it visible
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
-    _fsync_directory(directory)
-
-
-def _fsync_directory(directory):
-    """Persist the rename itself (POSIX); not possible (nor needed) on some platforms."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    with atomic_write(path) as f:
+        # A file object, so np.savez does not append ".npz" to the temporary name.
+        np.savez(f, allow_pickle=False, **arrays)
 
 
 # -- loading -----------------------------------------------------------------------------
 
 
-def _read_arrays(path):
-    """Every array in the archive at ``path``, without unpickling anything."""
-    with open(path, "rb") as f:
-        magic = f.read(len(_ZIP_MAGIC))
-    if magic != _ZIP_MAGIC:
-        raise ValueError(f"{path} is not a valid minicoat checkpoint (truncated or corrupt?): "
-                         f"expected an .npz (zip) archive, the file starts with {magic!r}")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {key: npz[key] for key in npz.files}
-    except ValueError as err:
-        if "pickle" in str(err):
-            raise ValueError(
-                f"{path} contains pickled (object) arrays; minicoat refuses to load pickled "
-                f"checkpoints for safety (unpickling can run arbitrary code)") from err
-        raise ValueError(
-            f"{path} is not a valid minicoat checkpoint (truncated or corrupt?): {err}") from err
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError) as err:
-        raise ValueError(
-            f"{path} is not a valid minicoat checkpoint (truncated or corrupt?): "
-            f"{type(err).__name__}: {err}") from err
+def _fail(path, message):
+    return ValueError(f"{path}: {message}")
 
 
-def _read_meta(path, arrays):
-    """The JSON metadata, checked for the format and version."""
-    meta = arrays.pop("meta", None)
-    if meta is None or meta.dtype.kind != "U" or meta.shape != ():
-        raise ValueError(f"{path} is not a minicoat checkpoint: expected a 'meta' entry "
-                         f"(a JSON string); found entries {sorted(arrays)[:5]}...")
+def _parse_meta(path, text):
+    """The metadata as a dict whose every field has the type the format says, or ValueError."""
     try:
-        meta = json.loads(str(meta[()]))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: the 'meta' entry is not valid JSON: {err}") from err
+        meta = json.loads(text)
+    except (ValueError, RecursionError) as err:
+        raise _fail(path, f"the 'meta' entry is not valid JSON: {err}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise ValueError(f"{path} is not a minicoat checkpoint: expected format {FORMAT!r}, "
@@ -221,25 +211,97 @@ def _read_meta(path, arrays):
     if meta.get("version") != VERSION:
         raise ValueError(f"{path} has checkpoint format version {meta.get('version')!r}; "
                          f"this minicoat reads version {VERSION}")
-    return meta
+    expected = {"config": dict, "arrays": dict, "step": int, "has_opt_state": bool,
+                "rng_state": (dict, type(None)), "extra": (dict, type(None))}
+    for field, kind in expected.items():
+        value = meta.get(field)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise _fail(path, f"the metadata field {field!r} is {value!r:.80}, not a "
+                              f"{getattr(kind, '__name__', 'dict or null')}")
+    if meta["step"] < 0:
+        raise _fail(path, f"the metadata's step is {meta['step']}, expected >= 0")
+    index = {}
+    for name, entry in meta["arrays"].items():
+        index[name] = _index_entry(path, name, entry)
+    return meta, index
 
 
-def _check_index(path, arrays, index):
-    """The arrays must be exactly those listed in the metadata, with its shapes and dtypes."""
-    missing = sorted(index.keys() - arrays.keys())
-    unexpected = sorted(arrays.keys() - index.keys())
-    if missing or unexpected:
-        raise ValueError(f"{path}: the arrays do not match the checkpoint's metadata: "
-                         f"missing {missing}, unexpected {unexpected}")
-    for name, entry in index.items():
-        array = arrays[name]
-        if entry.get("kind") == "int" and (array.shape != () or array.dtype.kind != "i"):
-            raise ValueError(f"{path}: {name} should be a 0-d integer array, got "
-                             f"shape {array.shape} and dtype {array.dtype}")
-        if list(array.shape) != entry["shape"] or array.dtype != np.dtype(entry["dtype"]):
-            raise ValueError(f"{path}: {name} has shape {array.shape} and dtype {array.dtype}; "
-                             f"the metadata expects {tuple(entry['shape'])} and "
-                             f"{np.dtype(entry['dtype'])}")
+def _index_entry(path, name, entry):
+    """``(shape, dtype, kind)`` of one entry of the metadata's array index."""
+    shape = entry.get("shape") if isinstance(entry, dict) else None
+    if not isinstance(shape, list) or len(shape) > 32 or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
+        raise _fail(path, f"the index entry of {name!r} is {entry!r:.120}; expected "
+                          f"{{'shape': [ints >= 0], 'dtype': '<f4', 'kind': 'array'}}")
+    try:
+        dtype = np.dtype(entry.get("dtype"))
+    except (TypeError, ValueError, SyntaxError):
+        dtype = None
+    if dtype is None or dtype.kind not in "fiu" or entry.get("kind") not in ("array", "int"):
+        raise _fail(path, f"the index entry of {name!r} has dtype {entry.get('dtype')!r} and "
+                          f"kind {entry.get('kind')!r}; expected a numeric dtype and 'array' "
+                          f"or 'int'")
+    if entry["kind"] == "int" and (shape or dtype.kind != "i"):
+        raise _fail(path, f"{name} should be a 0-d integer array, got shape {tuple(shape)} "
+                          f"and dtype {dtype}")
+    return tuple(shape), dtype, entry["kind"]
+
+
+def _placeholder(shape, dtype):
+    """An array of that shape and dtype that allocates nothing (every element is one zero)."""
+    return np.broadcast_to(np.zeros((), dtype), shape)
+
+
+def _check_contents(path, config, index, has_opt_state):
+    """Check the index against ``config`` before anything is read; returns the sections."""
+    sections = {section: {} for section in SECTIONS}
+    for name, (shape, dtype, _) in index.items():
+        section, _, key = name.partition("/")
+        if section not in sections or not key:
+            raise _fail(path, f"unexpected entry {name!r}; expected one under "
+                              f"{'/, '.join(SECTIONS)}/")
+        sections[section][key] = _placeholder(shape, dtype)
+    # Each block has at least one parameter: refuse a config of absurd depth before
+    # building its parameter spec.
+    if sum(config.depths) > len(sections["params"]):
+        raise _fail(path, f"the stored config has {sum(config.depths)} layers and blocks but "
+                          f"the file only {len(sections['params'])} parameter arrays")
+    try:
+        params, state = unflatten(sections["params"]), unflatten(sections["state"])
+        check_params(params, state, config)
+    except ValueError as err:
+        raise _fail(path, str(err)) from None
+    if has_opt_state != bool(sections["opt"]):
+        raise _fail(path, f"has_opt_state is {has_opt_state} but the file holds "
+                          f"{len(sections['opt'])} optimizer arrays")
+    _check_opt_state(path, sections["params"], sections["opt"])
+    total = sum(math.prod(shape) * dtype.itemsize for shape, dtype, _ in index.values())
+    if total > MAX_INFLATION * os.path.getsize(path):
+        raise _fail(path, f"its index claims {total:,} bytes of arrays, more than a file of "
+                          f"{os.path.getsize(path):,} bytes can hold even compressed")
+    return sections
+
+
+def _check_opt_state(path, params, opt):
+    """Optimizer state: ints at the top ("step"), and slots ("m", "v", "momentum") each
+    mirroring the parameters exactly (keys, shapes, dtypes)."""
+    slots = {}
+    for key, leaf in opt.items():
+        slot, _, rest = key.partition(".")
+        if not rest:
+            if leaf.shape != () or leaf.dtype.kind != "i":
+                raise _fail(path, f"opt/{key} should be an integer (e.g. the step count)")
+            continue
+        slots.setdefault(slot, {})[rest] = leaf
+    for slot, leaves in slots.items():
+        missing, unexpected = sorted(params.keys() - leaves.keys()), sorted(
+            leaves.keys() - params.keys())
+        wrong = [k for k in sorted(params.keys() & leaves.keys())
+                 if (leaves[k].shape, leaves[k].dtype) != (params[k].shape, params[k].dtype)]
+        if missing or unexpected or wrong:
+            raise _fail(path, f"optimizer state {slot!r} does not mirror the parameters: "
+                              f"missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shape "
+                              f"or dtype {wrong[:3]}")
 
 
 def config_differences(stored, expected):
@@ -252,7 +314,7 @@ def config_differences(stored, expected):
 
 
 def load_checkpoint(path, expected_config=None):
-    """Read a checkpoint written by ``save_checkpoint``.
+    """Read a checkpoint written by ``save_checkpoint``, in bounded memory (see above).
 
     Args:
         path: the checkpoint file.
@@ -265,45 +327,58 @@ def load_checkpoint(path, expected_config=None):
     Raises:
         FileNotFoundError: ``path`` does not exist.
         ValueError: the file is truncated or corrupt, needs pickle, is not a minicoat
-            checkpoint, disagrees with its own metadata, or has another config.
+            checkpoint, disagrees with its own metadata or its config, or has another config.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if not os.path.isfile(path):
         raise ValueError(f"checkpoint {path} is not a file (a directory?)")
-    arrays = _read_arrays(path)
-    meta = _read_meta(path, arrays)
-    index = meta.get("arrays")
-    if not isinstance(index, dict):
-        raise ValueError(f"{path}: the metadata has no 'arrays' index")
-    _check_index(path, arrays, index)
-
-    try:
-        config = CoAtNetConfig.from_dict(meta["config"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"{path}: the stored config is not a valid CoAtNetConfig: {err}") from err
-    if expected_config is not None:
-        differences = config_differences(config, expected_config)
-        if differences:
-            raise ValueError(f"{path} was saved with another config (stored != expected): "
-                             + "; ".join(differences))
-
-    sections = {section: {} for section in SECTIONS}
-    for name, array in arrays.items():
-        section, _, key = name.partition("/")
-        if section not in sections or not key:
-            raise ValueError(f"{path}: unexpected entry {name!r}; expected one under "
-                             f"{'/, '.join(SECTIONS)}/")
-        sections[section][key] = int(array) if index[name]["kind"] == "int" else array
+    with open(path, "rb") as f:
+        magic = f.read(len(_ZIP_MAGIC))
+    if magic != _ZIP_MAGIC:
+        raise ValueError(f"{path} is not a valid minicoat checkpoint (truncated or corrupt?): "
+                         f"expected an .npz (zip) archive, the file starts with {magic!r}")
+    with NpzArchive(path) as archive:
+        if "meta" not in archive.members:
+            raise ValueError(f"{path} is not a minicoat checkpoint: expected a 'meta' entry "
+                             f"(a JSON string); found entries {sorted(archive.members)[:5]}...")
+        text = archive.read("meta", max_bytes=META_MAX_BYTES)
+        if text.dtype.kind != "U" or text.shape != ():
+            raise ValueError(f"{path} is not a minicoat checkpoint: its 'meta' entry is a "
+                             f"{text.dtype} array of shape {text.shape}, not a JSON string")
+        meta, index = _parse_meta(path, str(text[()]))
+        try:
+            config = CoAtNetConfig.from_dict(meta["config"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise _fail(path, f"the stored config is not a valid CoAtNetConfig: {err}") from None
+        if expected_config is not None:
+            differences = config_differences(config, expected_config)
+            if differences:
+                raise ValueError(f"{path} was saved with another config (stored != expected): "
+                                 + "; ".join(differences))
+        stored = set(archive.members) - {"meta"}
+        missing, unexpected = sorted(index.keys() - stored), sorted(stored - index.keys())
+        if missing or unexpected:
+            raise _fail(path, f"the arrays do not match the checkpoint's metadata: "
+                              f"missing {missing}, unexpected {unexpected}")
+        sections = _check_contents(path, config, index, meta["has_opt_state"])
+        for section, leaves in sections.items():
+            for key in leaves:
+                shape, dtype, kind = index[f"{section}/{key}"]
+                try:
+                    array = archive.read(f"{section}/{key}", shape, dtype)
+                except NpzError as err:
+                    raise ValueError(str(err)) from None
+                leaves[key] = int(array) if kind == "int" else array
     return Checkpoint(
         params=unflatten(sections["params"]),
         state=unflatten(sections["state"]),
         config=config,
-        opt_state=unflatten(sections["opt"]) if meta.get("has_opt_state") else None,
-        step=int(meta.get("step", 0)),
-        rng_state=meta.get("rng_state"),
-        extra=meta.get("extra"),
+        opt_state=unflatten(sections["opt"]) if meta["has_opt_state"] else None,
+        step=meta["step"],
+        rng_state=meta["rng_state"],
+        extra=meta["extra"],
     )
 
 
@@ -317,5 +392,8 @@ def restore_rng(rng_state):
         raise ValueError(f"rng_state must be a bit_generator.state dict of one of "
                          f"{_BIT_GENERATORS}, got bit_generator {name!r}")
     bit_generator = getattr(np.random, name)()
-    bit_generator.state = rng_state
+    try:
+        bit_generator.state = rng_state
+    except (TypeError, ValueError, KeyError, OverflowError) as err:
+        raise ValueError(f"rng_state is not a valid {name} state: {err!r:.200}") from None
     return np.random.Generator(bit_generator)

@@ -8,26 +8,24 @@ import pytest
 
 from minicoat.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from minicoat.configs import CoAtNetConfig, config
+from minicoat.model import init_params
 from minicoat.optim import adamw_init, adamw_update
 from minicoat.tree import flatten, tree_map
 
-CONFIG = config("coatnet-digits")
+# A small real network: checkpoints are checked against their config when saved and loaded.
+CONFIG = config("coatnet-digits", depths=(1, 1, 1, 1, 1), channels=(8, 8, 16, 32, 32),
+                head_dim=16)
 
 
-def make_tree(seed=0):
-    """Params (float32, one float64 leaf with special values), BN state and AdamW state."""
+def make_tree(seed=0, dtype=np.float32):
+    """Params and BN state of CONFIG (head.b holding special values) and AdamW state."""
+    params, state = init_params(CONFIG, seed, dtype)
+    # Bit-exactness includes the values text formats lose: -0.0, NaN, inf, subnormals.
+    special = np.array([-0.0, np.nan, np.inf, -np.inf, np.finfo(dtype).smallest_subnormal,
+                        1 / 3, 0, 0, 0, 0], dtype)
+    params["head"]["b"] = special
     rng = np.random.default_rng(seed)
-    params = {
-        "stem": {"conv0": {"w": rng.standard_normal((3, 3, 1, 4)).astype(np.float32),
-                           "b": np.zeros(4, np.float32)}},
-        "s3": {"block0": {"attn": {"rel_bias": rng.standard_normal((2, 9)).astype(np.float32)}}},
-        # Bit-exactness includes the values text formats lose: -0.0, NaN payloads, inf,
-        # subnormals.
-        "head": {"w": np.array([-0.0, np.nan, np.inf, -np.inf, 5e-324, 1 / 3], np.float64),
-                 "b": rng.standard_normal(3).astype(np.float32)},
-    }
-    state = {"stem": {"norm0": {"mean": rng.standard_normal(4).astype(np.float32),
-                                "var": rng.random(4).astype(np.float32)}}}
+    state["s1"]["block0"]["norm1"]["mean"] = rng.standard_normal(32).astype(dtype)
     grads = tree_map(lambda p: np.ones_like(p), params)
     _, opt_state = adamw_update(params, grads, adamw_init(params), 1e-3)
     return params, state, opt_state
@@ -56,6 +54,7 @@ def test_round_trip_is_bit_exact(tmp_path):
     expected_stream = rng.random(10)
 
     ckpt = load_checkpoint(path, expected_config=CONFIG)
+    assert np.isnan(ckpt.params["head"]["b"][1]) and np.signbit(ckpt.params["head"]["b"][0])
     assert_bit_exact(ckpt.params, params)
     assert_bit_exact(ckpt.state, state)
     assert_bit_exact(ckpt.opt_state, opt_state)
@@ -74,14 +73,22 @@ def test_file_layout_is_plain_npz(tmp_path):
         keys = set(npz.files)
         meta = npz["meta"]
         step = npz["opt/step"]
-    assert {"params/s3.block0.attn.rel_bias", "state/stem.norm0.mean", "opt/m.head.w",
+    assert {"params/s3.block0.attn.rel_bias", "state/s1.block0.norm1.mean", "opt/m.head.w",
             "opt/step", "meta"} <= keys
     assert meta.dtype.kind == "U" and meta.shape == ()
     assert step.dtype == np.int64 and step.shape == ()
     meta = json.loads(str(meta))
     assert meta["format"] == "minicoat-checkpoint"
     assert CoAtNetConfig.from_dict(meta["config"]) == CONFIG
-    assert meta["arrays"]["params/head.w"] == {"shape": [6], "dtype": "<f8", "kind": "array"}
+    assert meta["arrays"]["params/head.b"] == {"shape": [10], "dtype": "<f4", "kind": "array"}
+
+
+def test_float64_round_trip(tmp_path):
+    params, state, opt_state = make_tree(dtype=np.float64)
+    save_checkpoint(tmp_path / "c.npz", params, state, CONFIG, opt_state=opt_state)
+    ckpt = load_checkpoint(tmp_path / "c.npz")
+    assert_bit_exact(ckpt.params, params)
+    assert_bit_exact(ckpt.opt_state, opt_state)
 
 
 def test_no_opt_state_mt19937_and_path_without_suffix(tmp_path):
@@ -155,17 +162,33 @@ def test_corrupted_bytes_are_a_clear_error(tmp_path):
     save_checkpoint(path, params, state, CONFIG)
     data = bytearray(path.read_bytes())
     start = data.index(b"\x93NUMPY")  # the first stored array's .npy header
-    data[start + 200:start + 216] = b"\xff" * 16  # inside its data: the CRC no longer matches
+    data[start + 130:start + 146] = b"\xff" * 16  # inside its data: the CRC no longer matches
     path.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="truncated or corrupt"):
         load_checkpoint(path)
 
 
-def test_pickled_arrays_are_refused(tmp_path):
-    path = tmp_path / "evil.npz"
-    np.savez(path, meta=np.array("{}"), **{"params/w": np.array([{"a": 1}], dtype=object)})
+def test_pickled_arrays_are_refused_and_never_run(tmp_path):
+    params, state, _ = make_tree()
+    path = tmp_path / "ckpt.npz"
+    save_checkpoint(path, params, state, CONFIG)
+    with np.load(path) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    marker = tmp_path / "payload-ran"
+    evil = np.empty(10, dtype=object)
+    evil[0] = Payload(str(marker))  # unpickling it would create `marker`
+    np.savez(tmp_path / "evil.npz", allow_pickle=True, **{**arrays, "params/head.b": evil})
     with pytest.raises(ValueError, match="evil.npz.*pickled.*refuses.*safety"):
-        load_checkpoint(path)
+        load_checkpoint(tmp_path / "evil.npz")
+    assert not marker.exists()
+
+
+class Payload:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
 
 
 def test_not_a_checkpoint(tmp_path):
