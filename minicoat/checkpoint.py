@@ -211,13 +211,14 @@ def _parse_meta(path, text):
     if meta.get("version") != VERSION:
         raise ValueError(f"{path} has checkpoint format version {meta.get('version')!r}; "
                          f"this minicoat reads version {VERSION}")
-    expected = {"config": dict, "arrays": dict, "step": int, "has_opt_state": bool,
-                "rng_state": (dict, type(None)), "extra": (dict, type(None))}
-    for field, kind in expected.items():
+    expected = {"config": (dict, "an object"), "arrays": (dict, "an object"),
+                "step": (int, "an integer"), "has_opt_state": (bool, "true or false"),
+                "rng_state": ((dict, type(None)), "an object or null"),
+                "extra": ((dict, type(None)), "an object or null")}
+    for field, (kind, what) in expected.items():
         value = meta.get(field)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise _fail(path, f"the metadata field {field!r} is {value!r:.80}, not a "
-                              f"{getattr(kind, '__name__', 'dict or null')}")
+            raise _fail(path, f"the metadata field {field!r} is {value!r:.80}; expected {what}")
     if meta["step"] < 0:
         raise _fail(path, f"the metadata's step is {meta['step']}, expected >= 0")
     index = {}

@@ -256,3 +256,111 @@ def test_unserialisable_extra_is_refused_before_writing(tmp_path):
     with pytest.raises(ValueError, match="JSON"):
         save_checkpoint(tmp_path / "c.npz", params, state, CONFIG, extra={"f": object()})
     assert os.listdir(tmp_path) == []
+
+
+# -- contents are checked against the config, before any array is read ---------------------
+
+
+def _rewrite(path, out, meta_change=None, arrays_change=None):
+    """Copy a checkpoint with its metadata and arrays edited, as a hostile tool could."""
+    with np.load(path) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    meta = json.loads(str(arrays.pop("meta")))
+    if meta_change:
+        meta_change(meta)
+    if arrays_change:
+        arrays_change(arrays, meta["arrays"])
+    text = meta if isinstance(meta, str) else json.dumps(meta)
+    np.savez(out, meta=np.array(text), **arrays)
+    return out
+
+
+def _saved(tmp_path, config=CONFIG):
+    params, state = init_params(config, 0)
+    path = tmp_path / "good.npz"
+    save_checkpoint(path, params, state, config)
+    return path
+
+
+def test_a_head_of_another_width_is_refused_like_check_params(tmp_path):
+    """The stored config says 10 classes but the arrays are a 12-class head: evaluate used to
+    crash with an IndexError in the confusion matrix."""
+    path = _saved(tmp_path, CONFIG.replace(num_classes=12))
+    bad = _rewrite(path, tmp_path / "bad.npz",
+                   meta_change=lambda m: m["config"].update(num_classes=10))
+    with pytest.raises(ValueError, match=r"bad.npz: params do not fit config 'coatnet-digits'.*"
+                                         r"wrong shapes \['head.b: expected \(10,\), got \(12,\)'"):
+        load_checkpoint(bad)
+
+
+def test_a_missing_parameter_is_refused(tmp_path):
+    def drop(arrays, index):
+        del arrays["params/head.b"], index["params/head.b"]
+
+    bad = _rewrite(_saved(tmp_path), tmp_path / "bad.npz", arrays_change=drop)
+    with pytest.raises(ValueError, match=r"params do not fit .*missing \['head.b'\]"):
+        load_checkpoint(bad)
+
+
+def test_a_leaf_of_another_dtype_is_refused(tmp_path):
+    def retype(arrays, index):
+        arrays["params/head.b"] = arrays["params/head.b"].astype(np.float64)
+        index["params/head.b"]["dtype"] = "<f8"
+
+    bad = _rewrite(_saved(tmp_path), tmp_path / "bad.npz", arrays_change=retype)
+    with pytest.raises(ValueError, match=r"all float32 or all float64; found \['params.head.b"):
+        load_checkpoint(bad)
+
+
+def test_optimizer_state_must_mirror_the_parameters(tmp_path):
+    params, state, opt_state = make_tree()
+    path = tmp_path / "good.npz"
+    save_checkpoint(path, params, state, CONFIG, opt_state=opt_state)
+
+    def shrink(arrays, index):
+        arrays["opt/m.head.b"] = arrays["opt/m.head.b"][:3]
+        index["opt/m.head.b"]["shape"] = [3]
+
+    bad = _rewrite(path, tmp_path / "bad.npz", arrays_change=shrink)
+    with pytest.raises(ValueError, match=r"optimizer state 'm' does not mirror .*\['head.b'\]"):
+        load_checkpoint(bad)
+
+
+def _nested(depth):
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: m.update(arrays=[1, 2]),
+     "'arrays' is \\[1, 2\\]; expected an object"),
+    (lambda m: m["arrays"].update({"params/head.b": [10]}), "index entry of 'params/head.b'"),
+    (lambda m: m["arrays"]["params/head.b"].update(dtype="O"), "expected a numeric dtype"),
+    (lambda m: m["arrays"]["params/head.b"].update(shape=[-1]), "index entry of"),
+    (lambda m: m.update(step="12"), "'step' is '12'; expected an integer"),
+    (lambda m: m.update(config=[1]), "'config' is \\[1\\]; expected an object"),
+    (lambda m: m["config"].update(depths=[2.7, 1, 1, 1, 1]), "depths\\[0\\] must be an integer"),
+    (lambda m: m["config"].update(depths=[1, 10**9, 1, 1, 1]), "layers and blocks but the file"),
+    (lambda m: m.update(has_opt_state=True), "has_opt_state is True but"),
+])
+def test_crafted_metadata_is_a_clear_error(tmp_path, change, message):
+    bad = _rewrite(_saved(tmp_path), tmp_path / "bad.npz", meta_change=change)
+    with pytest.raises(ValueError, match=message):
+        load_checkpoint(bad)
+
+
+def test_deeply_nested_metadata_is_not_a_recursion_error(tmp_path):
+    path = _saved(tmp_path)
+    with np.load(path) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    meta = str(arrays.pop("meta"))
+    meta = meta[:-1] + ', "deep": ' + _nested(100_000) + "}"
+    np.savez(tmp_path / "bad.npz", meta=np.array(meta), **arrays)
+    with pytest.raises(ValueError, match="'meta' entry is not valid JSON"):
+        load_checkpoint(tmp_path / "bad.npz")
+
+
+def test_a_crafted_rng_state_is_a_clear_error():
+    with pytest.raises(ValueError, match="not a valid PCG64 state"):
+        restore_rng({"bit_generator": "PCG64", "state": {"state": "x", "inc": 1}})
+    with pytest.raises(ValueError, match="bit_generator 'os.system'"):
+        restore_rng({"bit_generator": "os.system"})
