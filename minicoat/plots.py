@@ -2,6 +2,8 @@
 
 import numpy as onp
 
+from .files import atomic_write
+
 
 def _pyplot():
     import matplotlib
@@ -27,7 +29,8 @@ def plot_curves(history, path):
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_write(path) as f:  # a kill mid-save leaves the old figure, not half a PNG
+        fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
 
 
@@ -53,5 +56,6 @@ def plot_confusion(matrix, classes, path, title="confusion matrix"):
             color = "white" if matrix[i, j] > threshold else "black"
             ax.text(j, i, str(matrix[i, j]), ha="center", va="center", color=color, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_write(path) as f:  # a kill mid-save leaves the old figure, not half a PNG
+        fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
