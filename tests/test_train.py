@@ -2,6 +2,7 @@
 
 import json
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import minicoat as mc
 from minicoat.checkpoint import load_checkpoint
 from minicoat.cli import main as cli_main
 from minicoat.datasets import load_dataset
-from minicoat.train import NonFiniteLoss, TrainConfig, train
+from minicoat.train import Interrupted, NonFiniteLoss, TrainConfig, train
 from minicoat.tree import flatten
 
 TINY = mc.config("coatnet-digits", depths=(1, 1, 1, 1, 1), channels=(8, 8, 16, 32, 32),
@@ -64,25 +65,15 @@ def test_resume_continues_exactly(digits, tmp_path):
 
 
 def _train_epochs(hp, data, out_dir, stop_after):
-    """Run ``hp`` but stop (as a crash would) once ``stop_after`` epochs are checkpointed."""
-    import minicoat.train as train_module
+    """Run ``hp`` but stop (as Ctrl-C would) once ``stop_after`` epochs are checkpointed."""
+    stop = threading.Event()
 
-    original = train_module._write_epoch
+    def log(message):  # "epoch k: ..." is logged before epoch k's checkpoint is written
+        if message.startswith(f"epoch {stop_after}:"):
+            stop.set()
 
-    class Stop(Exception):
-        pass
-
-    def write_then_maybe_stop(*args):
-        original(*args)
-        if args[9] == stop_after:  # the epoch number just written
-            raise Stop
-
-    train_module._write_epoch = write_then_maybe_stop
-    try:
-        with pytest.raises(Stop):
-            train(TINY, data, hp, out_dir=out_dir, progress=False, log=_quiet)
-    finally:
-        train_module._write_epoch = original
+    with pytest.raises(Interrupted, match="Resume with: minicoat train --resume"):
+        train(TINY, data, hp, out_dir=out_dir, progress=False, log=log, stop=stop)
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(digits, tmp_path):
@@ -90,7 +81,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(digits, tmp_pa
     _train_epochs(TrainConfig(epochs=2, batch_size=32), digits, out, stop_after=1)
     good = load_checkpoint(os.path.join(out, "checkpoint.npz"))
     broken = digits.__class__(**{**digits.__dict__, "x_train": digits.x_train * np.nan})
-    with pytest.raises(NonFiniteLoss, match=r"loss became nan .* last good checkpoint is kept"):
+    with pytest.raises(NonFiniteLoss, match=r"loss became nan .* The last checkpoint with "
+                                            r"finite parameters and metrics is .*checkpoint.npz "
+                                            r"\(epoch 1, step 3\)"):
         train(TINY, broken, TrainConfig(epochs=2, batch_size=32), out_dir=out,
               resume=os.path.join(out, "checkpoint.npz"), progress=False, log=_quiet)
     after = load_checkpoint(os.path.join(out, "checkpoint.npz"))
