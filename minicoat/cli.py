@@ -2,11 +2,15 @@
 
 ``minicoat train`` with no arguments trains the ``coatnet-digits`` preset on the 8x8 UCI
 digits that ship inside the package, so it needs no network and no data files.
+``minicoat train --resume RUN/checkpoint.npz`` continues a stopped run with its own settings
+and data, in its own folder. Every option is checked where it is parsed, and every expected
+failure (a bad option, a missing, hostile or unwritable file, a full disk, a run folder in use)
+ends with one line naming the file or option and what to do, and a non-zero exit status:
+2 for errors, 1 when training diverged, 130 when it was interrupted (Ctrl-C).
 """
 
 import argparse
-import dataclasses
-import json
+import errno
 import os
 import sys
 
@@ -18,21 +22,67 @@ DEFAULT_MODEL = {  # dataset -> the small preset made for its image size and cla
     "cifar10": "coatnet-cifar",
 }
 DEFAULT_EPOCHS = {"digits": 15, "shapes": 20, "mnist": 10, "fashion-mnist": 10, "cifar10": 30}
+MODEL_OPTIONS = ("layout", "variant", "pool", "gelu")  # CoAtNetConfig fields set by options
+HYPER_OPTIONS = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "warmup_epochs",
+                 "label_smoothing", "grad_clip", "augment", "seed")  # TrainConfig fields
+DATA_OPTIONS = ("dataset", "train_subset", "test_subset")  # what defines the run's data
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not usage + error
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _hyper_type(field):
+    """An argparse type applying ``TrainConfig``'s rule for ``field``."""
+    from .hyper import check_hyper
+
+    parse = int if field in ("epochs", "batch_size", "seed") else float
+
+    def convert(text):
+        try:
+            value = parse(text)
+        except ValueError:
+            kind = "an integer" if parse is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
+        try:
+            return check_hyper(field, value)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    return convert
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
+def _path(text):
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
 
 
 def _add_data_arguments(p):
     from .datasets import DATASETS
 
-    p.add_argument("--dataset", choices=DATASETS, default="digits",
-                   help="dataset (default: digits, carried inside the package)")
-    p.add_argument("--data-dir", default=None,
+    p.add_argument("--dataset", choices=DATASETS, default=None,
+                   help="dataset (train default: digits, carried inside the package; evaluate "
+                        "default: the checkpoint's)")
+    p.add_argument("--data-dir", default=None, type=_path,
                    help="folder with MNIST IDX / CIFAR-10 binary files (default: "
                         "$MINICOAT_DATA_DIR or ~/.cache/minicoat)")
     p.add_argument("--download", action="store_true",
                    help="download missing MNIST / Fashion-MNIST / CIFAR-10 files (SHA-256 checked)")
-    p.add_argument("--train-subset", type=int, default=None, metavar="N",
+    p.add_argument("--train-subset", type=_positive_int, default=None, metavar="N",
                    help="train on the first N images of the (fixed, shuffled) train split")
-    p.add_argument("--test-subset", type=int, default=None, metavar="N",
+    p.add_argument("--test-subset", type=_positive_int, default=None, metavar="N",
                    help="evaluate on the first N images of the test split")
 
 
@@ -44,7 +94,7 @@ def _add_implementation_argument(p):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="minicoat",
         description="An educational pure-NumPy CoAtNet (Dai et al. 2021) with autograd gradients.",
     )
@@ -53,7 +103,8 @@ def build_parser():
     t = sub.add_parser("train", help="train a CoAtNet and write metrics, curves and a checkpoint",
                        description="Train a CoAtNet. Writes OUT/metrics.json (test_accuracy, "
                        "train_loss, timings), OUT/metrics.csv per epoch, OUT/curves.png and "
-                       "OUT/checkpoint.npz (rewritten atomically after every epoch).")
+                       "OUT/checkpoint.npz (rewritten atomically after every epoch). Ctrl-C "
+                       "stops after the current step, saves, and prints the resume command.")
     _add_data_arguments(t)
     t.add_argument("--model", default=None, metavar="PRESET",
                    help="model preset (default: the small preset for the dataset: "
@@ -67,30 +118,41 @@ def build_parser():
                    help="shortcut pool of downsampling blocks (paper: max)")
     t.add_argument("--gelu", choices=("none", "tanh"), default=None,
                    help="exact (none) or tanh-approximated GELU")
-    t.add_argument("--epochs", type=int, default=None,
-                   help="epochs (default per dataset: "
+    t.add_argument("--epochs", type=_hyper_type("epochs"), default=None,
+                   help="epochs, >= 1 (default per dataset: "
                         + ", ".join(f"{k} {v}" for k, v in DEFAULT_EPOCHS.items()) + ")")
-    t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
-    t.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
-    t.add_argument("--weight-decay", type=float, default=0.05)
-    t.add_argument("--warmup-epochs", type=float, default=1.0)
-    t.add_argument("--label-smoothing", type=float, default=0.1)
-    t.add_argument("--grad-clip", type=float, default=0.0, help="max gradient norm (0: off)")
-    t.add_argument("--no-augment", action="store_true", help="no random crops / flips")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--out", default=None, metavar="DIR",
-                   help="run folder (default: runs/<dataset>-<model>-<layout>-seed<seed>)")
-    t.add_argument("--resume", default=None, metavar="CHECKPOINT",
-                   help="continue a run from its checkpoint.npz (same settings)")
+    t.add_argument("--batch-size", type=_hyper_type("batch_size"), default=None,
+                   help="images per step (default 32)")
+    t.add_argument("--lr", type=_hyper_type("lr"), default=None,
+                   help="peak learning rate, > 0 (default 2e-3)")
+    t.add_argument("--optimizer", choices=("adamw", "sgd"), default=None, help="default adamw")
+    t.add_argument("--weight-decay", type=_hyper_type("weight_decay"), default=None,
+                   help=">= 0 (default 0.05)")
+    t.add_argument("--warmup-epochs", type=_hyper_type("warmup_epochs"), default=None,
+                   help="0 .. epochs (default 1)")
+    t.add_argument("--label-smoothing", type=_hyper_type("label_smoothing"), default=None,
+                   help="in [0, 1) (default 0.1)")
+    t.add_argument("--grad-clip", type=_hyper_type("grad_clip"), default=None,
+                   help="max gradient norm, >= 0 (default 0: off)")
+    t.add_argument("--no-augment", dest="augment", action="store_const", const=False,
+                   default=None, help="no random crops / flips")
+    t.add_argument("--seed", type=_hyper_type("seed"), default=None, help=">= 0 (default 0)")
+    t.add_argument("--out", default=None, metavar="DIR", type=_path,
+                   help="run folder (default: runs/<dataset>-<model>-<layout>-seed<seed>; "
+                        "with --resume, the checkpoint's own folder)")
+    t.add_argument("--resume", default=None, metavar="CHECKPOINT", type=_path,
+                   help="continue a run from its checkpoint.npz, with the run's own settings "
+                        "and data (options given must agree with them)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_implementation_argument(t)
 
-    e = sub.add_parser("evaluate", help="accuracy and a confusion-matrix plot for a checkpoint")
-    e.add_argument("--checkpoint", required=True, metavar="PATH")
+    e = sub.add_parser("evaluate", help="accuracy and a confusion-matrix plot for a checkpoint",
+                       description="Evaluate a checkpoint on the data it was trained on (by "
+                       "default), normalised with the statistics stored in the checkpoint.")
+    e.add_argument("--checkpoint", required=True, metavar="PATH", type=_path)
     _add_data_arguments(e)
     e.add_argument("--split", choices=("test", "val", "train"), default="test")
-    e.add_argument("--out", default=None, metavar="DIR",
+    e.add_argument("--out", default=None, metavar="DIR", type=_path,
                    help="where to write confusion.png (default: the checkpoint's folder)")
     _add_implementation_argument(e)
 
@@ -113,18 +175,49 @@ def main(argv=None):
         # Hand everything after the command name to its own parser (so that its options and
         # --help work); argparse's REMAINDER would stop at a leading option.
         return _passthrough(argv[0], argv[1:])
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    from .ops import implementation
+    args = build_parser().parse_args(argv)
+    from .train import Interrupted, NonFiniteLoss
+
+    def fail(message, code=2):
+        print(f"minicoat {args.command}: {message}".replace("\n", " "), file=sys.stderr)
+        return code
 
     try:
-        with implementation(args.implementation):
-            if args.command == "train":
-                return _train(args)
-            return _evaluate(args)  # bench / study / assignments never reach the parser
-    except (ValueError, FileNotFoundError, TypeError) as err:
-        print(f"minicoat {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        if args.command == "train":
+            return _train(args)
+        return _evaluate(args)  # bench / study / assignments never reach the parser
+    except Interrupted as err:
+        return fail(str(err), 130)
+    except KeyboardInterrupt:
+        return fail("interrupted before training started; nothing was written", 130)
+    except NonFiniteLoss as err:
+        return fail(f"error: {err}", 1)
+    except OSError as err:
+        return fail(f"error: {describe_os_error(err)}")
+    except (ValueError, TypeError, OverflowError) as err:
+        return fail(f"error: {err}")
+
+
+_OS_HINTS = {
+    errno.ENOSPC: "the disk is full: free some space, then run again (a stopped run resumes "
+                  "with --resume RUN/checkpoint.npz)",
+    errno.EDQUOT: "the disk quota is exceeded: free some space, then run again",
+    errno.EACCES: "no permission: choose a folder you can write (--out, --data-dir)",
+    errno.EPERM: "not permitted: choose a folder you can write (--out, --data-dir)",
+    errno.EROFS: "a read-only file system: choose a folder you can write (--out, --data-dir)",
+    errno.ENOENT: "no such file or folder: check the path",
+    errno.ENOTDIR: "a file stands where a folder is needed: choose another path",
+    errno.EISDIR: "a folder stands where a file is needed: choose another path",
+    errno.EEXIST: "it already exists: choose another path",
+}
+
+
+def describe_os_error(err):
+    """One line for an ``OSError``: the file, what happened, and what to do."""
+    if err.filename is None:
+        return str(err)
+    hint = _OS_HINTS.get(err.errno)
+    return f"{err.filename}: {err.strerror or type(err).__name__}" + (f"; {hint}" if hint else "")
 
 
 def _passthrough(command, argv):
@@ -137,54 +230,99 @@ def _passthrough(command, argv):
     return command_main(argv)
 
 
-def _load_data(args):
-    from .datasets import load_dataset
-
-    return load_dataset(args.dataset, data_dir=args.data_dir, download=args.download,
-                        train_subset=args.train_subset, test_subset=args.test_subset)
-
-
 def _train(args):
+    from .checkpoint import load_checkpoint
     from .configs import config as preset
-    from .train import NonFiniteLoss, TrainConfig, train
+    from .datasets import load_dataset
+    from .hyper import TrainConfig
+    from .runs import check_folder
+    from .train import train
 
-    model_name = args.model or DEFAULT_MODEL[args.dataset]
-    overrides = {k: getattr(args, k) for k in ("layout", "variant", "pool", "gelu")
-                 if getattr(args, k) is not None}
-    model_config = preset(model_name, **overrides)
-    hp = TrainConfig(
-        epochs=args.epochs or DEFAULT_EPOCHS[args.dataset], batch_size=args.batch_size,
-        lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
-        warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
-        grad_clip=args.grad_clip, augment=not args.no_augment, seed=args.seed,
-    )
-    out = args.out or os.path.join(
-        "runs", f"{args.dataset}-{model_name}-{model_config.layout}-seed{args.seed}")
-    if args.resume is None and os.path.exists(os.path.join(out, "checkpoint.npz")):
-        raise ValueError(f"{out} already holds a run; pass --resume {out}/checkpoint.npz to "
-                         f"continue it, or choose another --out")
-    os.makedirs(out, exist_ok=True)
-    data = _load_data(args)
-    with open(os.path.join(out, "args.json"), "w") as f:
-        json.dump({**vars(args), "hyper": dataclasses.asdict(hp)}, f, indent=2)
-    try:
-        result = train(model_config, data, hp, out_dir=out, resume=args.resume,
-                       progress=not args.no_progress)
-    except NonFiniteLoss as err:
-        print(f"minicoat train: {err}", file=sys.stderr)
-        return 1
+    given = {k: v for k, v in vars(args).items()
+             if v is not None and k in MODEL_OPTIONS + HYPER_OPTIONS + DATA_OPTIONS + ("model",)}
+    if args.resume:
+        ckpt = load_checkpoint(args.resume)
+        stored, hp = _run_settings(args.resume, ckpt)
+        conflicts = [f"--{k.replace('_', '-')} {v!r} (the run's: {stored[k]!r})"
+                     for k, v in given.items() if stored.get(k, v) != v]
+        if conflicts:
+            raise ValueError(f"{args.resume}: a resumed run keeps its own settings, but "
+                             f"{', '.join(conflicts)} differ; drop them, or start a new run "
+                             f"with another --out to change them")
+        settings = stored
+        model_config = ckpt.config
+        data_dir = args.data_dir or (ckpt.extra.get("args") or {}).get("data_dir")
+        out = args.out or os.path.dirname(os.path.abspath(args.resume))
+    else:
+        dataset = given.get("dataset", "digits")
+        settings = {"dataset": dataset, "model": DEFAULT_MODEL[dataset],
+                    "epochs": DEFAULT_EPOCHS[dataset], **given}
+        overrides = {k: settings[k] for k in MODEL_OPTIONS if k in settings}
+        model_config = preset(settings["model"], **overrides)
+        hp = TrainConfig(**{k: settings[k] for k in HYPER_OPTIONS if k in settings})
+        data_dir = args.data_dir
+        out = args.out or os.path.join(
+            "runs", f"{dataset}-{settings['model']}-{model_config.layout}-seed{hp.seed}")
+    # Fail before loading any data if the folder may not be used (checked again, under the
+    # folder's lock, when training starts).
+    check_folder(out, (ckpt.extra or {}).get("run_id") if args.resume else None,
+                 ckpt.step if args.resume else None)
+    data = load_dataset(settings["dataset"], data_dir=data_dir, download=args.download,
+                        train_subset=settings.get("train_subset"),
+                        test_subset=settings.get("test_subset"))
+    run_args = {**settings, "data_dir": None if data_dir is None else os.path.abspath(data_dir)}
+    result = train(model_config, data, hp, out_dir=out, resume=args.resume,
+                   progress=not args.no_progress, run_args=run_args)
     print(f"test_accuracy {result['test_accuracy']:.4f}; wrote {out}/metrics.json, metrics.csv,"
           f" curves.png, checkpoint.npz")
     return 0
 
 
+def _run_settings(path, ckpt):
+    """The command-line settings a checkpoint's run was made with (its config, hyper-
+    parameters and data definition), as ``{option dest: value}``."""
+    extra = ckpt.extra if isinstance(ckpt.extra, dict) else {}
+    hyper, data = extra.get("hyper"), extra.get("data") or {}
+    if not isinstance(hyper, dict) or not isinstance(data, dict):
+        raise ValueError(f"{path} is not a training checkpoint (no run record): it can be "
+                         f"evaluated, not resumed")
+    settings = {k: hyper.get(k) for k in HYPER_OPTIONS}
+    settings.update({k: getattr(ckpt.config, k) for k in MODEL_OPTIONS})
+    settings["model"] = ckpt.config.name
+    settings["dataset"] = data.get("dataset", extra.get("dataset"))
+    settings.update({k: data.get(k) for k in ("train_subset", "test_subset")})
+    from .datasets import DATASETS
+    from .hyper import TrainConfig
+
+    if settings["dataset"] not in DATASETS:
+        raise ValueError(f"{path}: the run record names no known dataset "
+                         f"({settings['dataset']!r}); it cannot be resumed")
+    try:
+        hp = TrainConfig(**hyper)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: the run record's hyper-parameters are not valid ({err}); "
+                         f"it cannot be resumed") from None
+    return settings, hp
+
+
 def _evaluate(args):
     from .checkpoint import load_checkpoint
+    from .datasets import load_dataset
     from .plots import confusion_matrix, plot_confusion
     from .train import check_compatible, evaluate
 
     ckpt = load_checkpoint(args.checkpoint)
-    data = _load_data(args)
+    extra = ckpt.extra if isinstance(ckpt.extra, dict) else {}
+    run = extra.get("data") if isinstance(extra.get("data"), dict) else {}
+    dataset = args.dataset or run.get("dataset") or extra.get("dataset") or "digits"
+    mean, std = extra.get("mean"), extra.get("std")
+    if mean is None or std is None:
+        mean = std = None
+        print(f"note: {args.checkpoint} stores no normalisation; using the training split's")
+    data = load_dataset(dataset, data_dir=args.data_dir, download=args.download,
+                        train_subset=args.train_subset or run.get("train_subset"),
+                        test_subset=args.test_subset or run.get("test_subset"),
+                        mean=mean, std=std)
     check_compatible(ckpt.config, data)
     x, y = {"test": (data.x_test, data.y_test), "val": (data.x_val, data.y_val),
             "train": (data.x_train, data.y_train)}[args.split]
