@@ -105,36 +105,6 @@ def _section_arrays(section, tree, arrays, index):
         }
 
 
-# -- saving ------------------------------------------------------------------------------
-
-
-def _json_default(obj):
-    """JSON for the NumPy values in a bit generator's state (MT19937 keeps an array)."""
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
-
-
-def _section_arrays(section, tree, arrays, index):
-    """Add ``tree``'s leaves to ``arrays`` under ``section/`` and describe them in ``index``."""
-    for key, leaf in flatten(tree).items():
-        name = f"{section}/{key}"
-        is_int = isinstance(leaf, (int, np.integer)) and not isinstance(leaf, (bool, np.bool_))
-        array = np.asarray(leaf, dtype=np.int64) if is_int else np.asarray(leaf)
-        if array.dtype.hasobject:
-            raise ValueError(f"{name} is an object array; checkpoints store numeric arrays only")
-        arrays[name] = array
-        index[name] = {
-            "shape": list(array.shape),
-            "dtype": array.dtype.str,
-            "kind": "int" if is_int else "array",
-        }
-
-
 def save_checkpoint(path, params, state, config, opt_state=None, step=0, rng_state=None,
                     extra=None):
     """Write a checkpoint to ``path`` (exactly that name: no ".npz" is appended), atomically.

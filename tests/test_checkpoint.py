@@ -169,15 +169,11 @@ def test_corrupted_bytes_are_a_clear_error(tmp_path):
 
 
 def test_pickled_arrays_are_refused_and_never_run(tmp_path):
-    params, state, _ = make_tree()
-    path = tmp_path / "ckpt.npz"
-    save_checkpoint(path, params, state, CONFIG)
-    with np.load(path) as npz:
-        arrays = {k: npz[k] for k in npz.files}
     marker = tmp_path / "payload-ran"
     evil = np.empty(10, dtype=object)
     evil[0] = Payload(str(marker))  # unpickling it would create `marker`
-    np.savez(tmp_path / "evil.npz", allow_pickle=True, **{**arrays, "params/head.b": evil})
+    _rewrite(_saved(tmp_path), tmp_path / "evil.npz",
+             arrays_change=lambda arrays, index: arrays.update({"params/head.b": evil}))
     with pytest.raises(ValueError, match="evil.npz.*pickled.*refuses.*safety"):
         load_checkpoint(tmp_path / "evil.npz")
     assert not marker.exists()
