@@ -189,7 +189,8 @@ def main(argv=None):
     except Interrupted as err:
         return fail(str(err), 130)
     except KeyboardInterrupt:
-        return fail("interrupted before training started; nothing was written", 130)
+        when = " before training started" if args.command == "train" else ""
+        return fail(f"interrupted{when}; nothing was written", 130)
     except NonFiniteLoss as err:
         return fail(f"error: {err}", 1)
     except OSError as err:
@@ -319,6 +320,11 @@ def _evaluate(args):
     if mean is None or std is None:
         mean = std = None
         print(f"note: {args.checkpoint} stores no normalisation; using the training split's")
+    elif not all(isinstance(v, list) and v and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+            for v in (mean, std)):
+        raise ValueError(f"{args.checkpoint}: the stored normalisation (mean {mean!r:.40}, std "
+                         f"{std!r:.40}) is not a list of numbers per channel")
     data = load_dataset(dataset, data_dir=args.data_dir, download=args.download,
                         train_subset=args.train_subset or run.get("train_subset"),
                         test_subset=args.test_subset or run.get("test_subset"),

@@ -414,3 +414,13 @@ def test_a_broken_run_record_is_one_clean_line(digits, tmp_path, capsys):
     assert cli_main(["train", "--resume", str(out / "checkpoint.npz")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "checkpoint.npz" in err, err
+
+
+def test_evaluate_refuses_a_crafted_normalisation_in_one_line(tmp_path, capsys):
+    config = mc.config("coatnet-digits")
+    params, state = mc.init_params(config, 0)
+    mc.save_checkpoint(tmp_path / "c.npz", params, state, config,
+                       extra={"mean": "abc", "std": [1.0]})
+    assert cli_main(["evaluate", "--checkpoint", str(tmp_path / "c.npz")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "c.npz: the stored normalisation" in err, err
