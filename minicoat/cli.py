@@ -176,6 +176,7 @@ def main(argv=None):
         # --help work); argparse's REMAINDER would stop at a leading option.
         return _passthrough(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
+    from .ops import implementation
     from .train import Interrupted, NonFiniteLoss
 
     def fail(message, code=2):
@@ -183,9 +184,10 @@ def main(argv=None):
         return code
 
     try:
-        if args.command == "train":
-            return _train(args)
-        return _evaluate(args)  # bench / study / assignments never reach the parser
+        with implementation(args.implementation):
+            if args.command == "train":
+                return _train(args)
+            return _evaluate(args)  # bench / study / assignments never reach the parser
     except Interrupted as err:
         return fail(str(err), 130)
     except KeyboardInterrupt:
