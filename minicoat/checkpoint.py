@@ -1,6 +1,6 @@
 """Checkpoints: parameters, BatchNorm state, optimizer state and metadata in one ``.npz``.
 
-Layout of the archive (written by ``np.savez``, readable by any NumPy without minicoat)::
+Layout of the archive (written by ``numpy.savez``, readable by any NumPy without minicoat)::
 
     params/<dotted key>   one array per parameter, e.g. "params/s3.block0.attn.rel_bias"
     state/<dotted key>    BatchNorm running statistics ("state/s1.block0.norm.mean")
@@ -34,7 +34,7 @@ import math
 import os
 from dataclasses import dataclass
 
-import numpy as np
+import numpy as onp
 
 from .configs import CoAtNetConfig
 from .files import atomic_write
@@ -61,7 +61,7 @@ class Checkpoint:
         config: the ``CoAtNetConfig`` the parameters belong to.
         opt_state: optimizer state pytree (arrays and Python ints), or None if not saved.
         step: training step at which the checkpoint was written.
-        rng_state: ``np.random.Generator.bit_generator.state`` dict, or None;
+        rng_state: ``numpy.random.Generator.bit_generator.state`` dict, or None;
             ``restore_rng(rng_state)`` rebuilds the generator.
         extra: the JSON-able dict given at save time (e.g. metrics, the run's arguments).
     """
@@ -80,11 +80,11 @@ class Checkpoint:
 
 def _json_default(obj):
     """JSON for the NumPy values in a bit generator's state (MT19937 keeps an array)."""
-    if isinstance(obj, np.ndarray):
+    if isinstance(obj, onp.ndarray):
         return obj.tolist()
-    if isinstance(obj, np.integer):
+    if isinstance(obj, onp.integer):
         return int(obj)
-    if isinstance(obj, np.floating):
+    if isinstance(obj, onp.floating):
         return float(obj)
     raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
 
@@ -93,8 +93,8 @@ def _section_arrays(section, tree, arrays, index):
     """Add ``tree``'s leaves to ``arrays`` under ``section/`` and describe them in ``index``."""
     for key, leaf in flatten(tree).items():
         name = f"{section}/{key}"
-        is_int = isinstance(leaf, (int, np.integer)) and not isinstance(leaf, (bool, np.bool_))
-        array = np.asarray(leaf, dtype=np.int64) if is_int else np.asarray(leaf)
+        is_int = isinstance(leaf, (int, onp.integer)) and not isinstance(leaf, (bool, onp.bool_))
+        array = onp.asarray(leaf, dtype=onp.int64) if is_int else onp.asarray(leaf)
         if array.dtype.hasobject:
             raise ValueError(f"{name} is an object array; checkpoints store numeric arrays only")
         arrays[name] = array
@@ -116,7 +116,7 @@ def save_checkpoint(path, params, state, config, opt_state=None, step=0, rng_sta
         config: the ``CoAtNetConfig`` (or its ``to_dict()``).
         opt_state: optimizer state pytree of arrays and ints (``optim``), or None.
         step: training step (an int).
-        rng_state: a ``np.random.Generator`` or its ``bit_generator.state`` dict, or None.
+        rng_state: a ``numpy.random.Generator`` or its ``bit_generator.state`` dict, or None.
         extra: a JSON-able dict, or None.
     """
     path = os.fspath(path)
@@ -129,7 +129,7 @@ def save_checkpoint(path, params, state, config, opt_state=None, step=0, rng_sta
         raise FileNotFoundError(f"cannot write checkpoint {path}: directory {directory} "
                                 f"does not exist")
     check_params(params, state, config)
-    if isinstance(rng_state, np.random.Generator):
+    if isinstance(rng_state, onp.random.Generator):
         rng_state = rng_state.bit_generator.state
 
     arrays, index = {}, {}
@@ -155,10 +155,10 @@ def save_checkpoint(path, params, state, config, opt_state=None, step=0, rng_sta
     if len(meta_json) * 4 > META_MAX_BYTES:
         raise ValueError(f"checkpoint metadata for {path} is {len(meta_json) * 4:,} bytes, "
                          f"more than load_checkpoint accepts ({META_MAX_BYTES:,})")
-    arrays["meta"] = np.array(meta_json)  # a 0-d unicode array, not an object array
+    arrays["meta"] = onp.array(meta_json)  # a 0-d unicode array, not an object array
     with atomic_write(path) as f:
-        # A file object, so np.savez does not append ".npz" to the temporary name.
-        np.savez(f, allow_pickle=False, **arrays)
+        # A file object, so onp.savez does not append ".npz" to the temporary name.
+        onp.savez(f, allow_pickle=False, **arrays)
 
 
 # -- loading -----------------------------------------------------------------------------
@@ -205,7 +205,7 @@ def _index_entry(path, name, entry):
         raise _fail(path, f"the index entry of {name!r} is {entry!r:.120}; expected "
                           f"{{'shape': [ints >= 0], 'dtype': '<f4', 'kind': 'array'}}")
     try:
-        dtype = np.dtype(entry.get("dtype"))
+        dtype = onp.dtype(entry.get("dtype"))
     except (TypeError, ValueError, SyntaxError):
         dtype = None
     if dtype is None or dtype.kind not in "fiu" or entry.get("kind") not in ("array", "int"):
@@ -220,7 +220,7 @@ def _index_entry(path, name, entry):
 
 def _placeholder(shape, dtype):
     """An array of that shape and dtype that allocates nothing (every element is one zero)."""
-    return np.broadcast_to(np.zeros((), dtype), shape)
+    return onp.broadcast_to(onp.zeros((), dtype), shape)
 
 
 def _check_contents(path, config, index, has_opt_state):
@@ -354,7 +354,7 @@ def load_checkpoint(path, expected_config=None):
 
 
 def restore_rng(rng_state):
-    """A ``np.random.Generator`` continuing exactly where the saved one stopped.
+    """A ``onp.random.Generator`` continuing exactly where the saved one stopped.
 
     ``rng_state`` is ``generator.bit_generator.state`` (e.g. ``Checkpoint.rng_state``).
     """
@@ -362,9 +362,9 @@ def restore_rng(rng_state):
     if name not in _BIT_GENERATORS:
         raise ValueError(f"rng_state must be a bit_generator.state dict of one of "
                          f"{_BIT_GENERATORS}, got bit_generator {name!r}")
-    bit_generator = getattr(np.random, name)()
+    bit_generator = getattr(onp.random, name)()
     try:
         bit_generator.state = rng_state
     except (TypeError, ValueError, KeyError, OverflowError) as err:
         raise ValueError(f"rng_state is not a valid {name} state: {err!r:.200}") from None
-    return np.random.Generator(bit_generator)
+    return onp.random.Generator(bit_generator)

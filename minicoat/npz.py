@@ -1,6 +1,6 @@
 """Reading ``.npz`` archives member by member, in bounded memory and without pickle.
 
-``np.load`` trusts an archive: a member's ``.npy`` header says how much to allocate, and a
+``onp.load`` trusts an archive: a member's ``.npy`` header says how much to allocate, and a
 deflated member of a few MB can inflate to GBs before anything is checked. ``NpzArchive``
 reads only the members asked for, each against the shape and dtype the caller expects: the
 zip directory's declared size and the ``.npy`` header must both agree with them before the
@@ -12,7 +12,7 @@ import math
 import zipfile
 import zlib
 
-import numpy as np
+import numpy as onp
 import numpy.lib.format as npy_format
 
 MAX_HEADER = 10000  # bytes of .npy header accepted (numpy's own default limit)
@@ -65,8 +65,8 @@ class NpzArchive:
         if shape is None:
             limit, allowed = max_bytes, f"the {max_bytes:,} bytes allowed"
         else:
-            limit = math.prod(shape) * np.dtype(dtype).itemsize
-            allowed = f"an array of shape {tuple(shape)} and dtype {np.dtype(dtype)} takes"
+            limit = math.prod(shape) * onp.dtype(dtype).itemsize
+            allowed = f"an array of shape {tuple(shape)} and dtype {onp.dtype(dtype)} takes"
         if info.file_size > limit + 10 + MAX_HEADER:
             raise NpzError(f"{where} declares {info.file_size:,} bytes in the archive, more "
                            f"than {allowed}")
@@ -79,7 +79,7 @@ class NpzArchive:
                         f"pickled checkpoints for safety (unpickling can run arbitrary code)")
                 if shape is not None and (found_shape, found_dtype) != (tuple(shape), dtype):
                     raise NpzError(f"{where} has shape {found_shape} and dtype {found_dtype}; "
-                                   f"the metadata expects {tuple(shape)} and {np.dtype(dtype)}")
+                                   f"the metadata expects {tuple(shape)} and {onp.dtype(dtype)}")
                 nbytes = math.prod(found_shape) * found_dtype.itemsize
                 if shape is None and nbytes > max_bytes:
                     raise NpzError(f"{where} is {nbytes:,} bytes, more than the {max_bytes:,} "
@@ -87,7 +87,7 @@ class NpzArchive:
                 if info.file_size != f.tell() + nbytes:
                     raise NpzError(f"{where} declares {info.file_size:,} bytes in the archive; "
                                    f"its header says {f.tell() + nbytes:,}")
-                out = np.empty(found_shape[::-1] if fortran else found_shape, found_dtype)
+                out = onp.empty(found_shape[::-1] if fortran else found_shape, found_dtype)
                 view, filled = memoryview(out.reshape(-1)).cast("B"), 0
                 while filled < nbytes:
                     n = f.readinto(view[filled:filled + _CHUNK])

@@ -21,7 +21,7 @@ import math
 import numbers
 from dataclasses import dataclass, field
 
-import numpy as np
+import numpy as onp
 
 from .checkpoint import restore_rng
 from .datasets import data_differences
@@ -33,7 +33,7 @@ class Position:
     """The run's id, RNG and history, and how far it got (see the module docstring)."""
 
     run_id: str
-    rng: np.random.Generator
+    rng: onp.random.Generator
     history: list = field(default_factory=list)
     epoch: int = 0
     batch: int = 0

@@ -38,7 +38,7 @@ import threading
 import time
 import uuid
 
-import numpy as np
+import numpy as onp
 from autograd.tracer import getval
 
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -92,7 +92,7 @@ def train_step(params, state, opt_state, x, y, lr, model_config, hp, optimizer):
     if not (math.isfinite(float(loss)) and math.isfinite(norm)):
         raise NonFiniteLoss(f"loss became {float(loss)} (gradient norm {norm})")
     params, opt_state = optimizer.update(params, grads, opt_state, lr)
-    correct = int(np.sum(np.argmax(side["logits"], axis=1) == y))
+    correct = int(onp.sum(onp.argmax(side["logits"], axis=1) == y))
     return params, side["state"], opt_state, float(loss), correct
 
 
@@ -102,7 +102,7 @@ def predict(params, state, x, model_config, batch_size=256):
         forward(params, state, x[i : i + batch_size], model_config, train=False, check=False)[0]
         for i in range(0, len(x), batch_size)
     ]
-    return np.concatenate(chunks)
+    return onp.concatenate(chunks)
 
 
 def evaluate(params, state, x, y, model_config, batch_size=256):
@@ -111,8 +111,8 @@ def evaluate(params, state, x, y, model_config, batch_size=256):
         raise ValueError("cannot evaluate on an empty split")
     logits = predict(params, state, x, model_config, batch_size)
     loss = float(cross_entropy(logits, y))
-    predictions = np.argmax(logits, axis=1)
-    return loss, float(np.mean(predictions == y)), predictions
+    predictions = onp.argmax(logits, axis=1)
+    return loss, float(onp.mean(predictions == y)), predictions
 
 
 def check_compatible(model_config, data):
@@ -134,7 +134,7 @@ def check_compatible(model_config, data):
 
 def all_finite(*trees):
     """True if every leaf of every tree is finite (no NaN, no inf)."""
-    return all(np.all(np.isfinite(leaf)) for tree in trees for leaf in flatten(tree).values())
+    return all(onp.all(onp.isfinite(leaf)) for tree in trees for leaf in flatten(tree).values())
 
 
 @contextlib.contextmanager
@@ -190,7 +190,7 @@ def train(model_config, data, hp, out_dir=None, resume=None, progress=True, log=
     else:
         params, state = init_params(model_config, hp.seed)
         opt_state = optimizer.init(params)
-        at = Position(run_id=uuid.uuid4().hex, rng=np.random.default_rng(hp.seed))
+        at = Position(run_id=uuid.uuid4().hex, rng=onp.random.default_rng(hp.seed))
         last_good = None
     check_params(params, state, model_config)
     ckpt_path = os.path.join(out_dir, "checkpoint.npz") if out_dir else None
@@ -287,7 +287,7 @@ def train(model_config, data, hp, out_dir=None, resume=None, progress=True, log=
             val_accuracy=history[-1]["val_accuracy"], test_loss=test_loss,
             test_accuracy=test_acc, train_seconds=train_seconds,
             wall_seconds=time.perf_counter() - started,
-            images_per_second=float(np.mean([row["images_per_second"] for row in history])),
+            images_per_second=float(onp.mean([row["images_per_second"] for row in history])),
         )
         log(f"test accuracy {test_acc:.4f} (loss {test_loss:.4f}) after {hp.epochs} epochs, "
             f"{train_seconds:.1f}s of training")

@@ -1,6 +1,6 @@
 """Augmentation and minibatches: what the training loop draws from a :class:`Dataset`."""
 
-import numpy as np
+import numpy as onp
 
 
 def augment(x, rng, crop_pad=0, flip=False):
@@ -10,24 +10,24 @@ def augment(x, rng, crop_pad=0, flip=False):
     every side and an ``H x W`` window is taken at a random offset in ``0..2*crop_pad`` (the
     standard CIFAR recipe); with ``flip`` each image is mirrored left-right with probability
     1/2. Both happen in one vectorised gather: row and column index arrays per image, the
-    column indices reversed for flipped images. ``rng`` is a ``np.random.Generator``; the
+    column indices reversed for flipped images. ``rng`` is a ``onp.random.Generator``; the
     result is deterministic given its state. ``crop_pad=0, flip=False`` returns a copy of ``x``.
     Note that images are normalised, so the padding is the mean colour, not black.
     """
-    x = np.asarray(x)
+    x = onp.asarray(x)
     n, h, w, _ = x.shape
     if crop_pad == 0 and not flip:
         return x.copy()
     p = int(crop_pad)
-    oy = rng.integers(0, 2 * p + 1, size=n) if p else np.zeros(n, np.int64)
-    ox = rng.integers(0, 2 * p + 1, size=n) if p else np.zeros(n, np.int64)
-    rows = oy[:, None] + np.arange(h)  # (N, H) rows of the padded image
-    cols = ox[:, None] + np.arange(w)  # (N, W)
+    oy = rng.integers(0, 2 * p + 1, size=n) if p else onp.zeros(n, onp.int64)
+    ox = rng.integers(0, 2 * p + 1, size=n) if p else onp.zeros(n, onp.int64)
+    rows = oy[:, None] + onp.arange(h)  # (N, H) rows of the padded image
+    cols = ox[:, None] + onp.arange(w)  # (N, W)
     if flip:
         flipped = rng.random(n) < 0.5
-        cols = np.where(flipped[:, None], cols[:, ::-1], cols)
-    padded = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode="constant") if p else x
-    idx = np.arange(n)[:, None, None]
+        cols = onp.where(flipped[:, None], cols[:, ::-1], cols)
+    padded = onp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode="constant") if p else x
+    idx = onp.arange(n)[:, None, None]
     return padded[idx, rows[:, :, None], cols[:, None, :]]
 
 
@@ -36,7 +36,7 @@ def iterate_minibatches(x, y, batch_size, rng=None, shuffle=True, drop_last=Fals
 
     ``x`` ``(N, ...)``, ``y`` ``(N,)`` -> ``xb`` ``(B, ...)``, ``yb`` ``(B,)`` with ``B =
     batch_size`` except possibly a smaller last batch (skipped if ``drop_last``). With
-    ``shuffle`` the order is a permutation drawn from ``rng`` (a ``np.random.Generator``; a
+    ``shuffle`` the order is a permutation drawn from ``rng`` (a ``onp.random.Generator``; a
     fresh unseeded one if None).
     """
     n = len(x)
@@ -45,9 +45,9 @@ def iterate_minibatches(x, y, batch_size, rng=None, shuffle=True, drop_last=Fals
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if shuffle:
-        order = (rng if rng is not None else np.random.default_rng()).permutation(n)
+        order = (rng if rng is not None else onp.random.default_rng()).permutation(n)
     else:
-        order = np.arange(n)
+        order = onp.arange(n)
     stop = n - n % batch_size if drop_last else n
     for s in range(0, stop, batch_size):
         idx = order[s:s + batch_size]

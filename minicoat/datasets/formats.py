@@ -23,7 +23,7 @@ import tarfile
 import zlib
 from pathlib import Path, PurePosixPath
 
-import numpy as np
+import numpy as onp
 
 from ..files import atomic_write
 
@@ -51,12 +51,12 @@ GZIP_MAGIC = b"\x1f\x8b"
 
 # IDX type codes -> big-endian NumPy dtypes (http://yann.lecun.com/exdb/mnist/, bottom).
 IDX_DTYPES = {
-    0x08: np.dtype(">u1"),
-    0x09: np.dtype(">i1"),
-    0x0B: np.dtype(">i2"),
-    0x0C: np.dtype(">i4"),
-    0x0D: np.dtype(">f4"),
-    0x0E: np.dtype(">f8"),
+    0x08: onp.dtype(">u1"),
+    0x09: onp.dtype(">i1"),
+    0x0B: onp.dtype(">i2"),
+    0x0C: onp.dtype(">i4"),
+    0x0D: onp.dtype(">f4"),
+    0x0E: onp.dtype(">f8"),
 }
 
 
@@ -72,9 +72,9 @@ def _read_exactly(f, out, path):
 
 
 def _check_shape(path, shape, dtype, expect_shape, expect_dtype):
-    if expect_dtype is not None and dtype != np.dtype(expect_dtype).newbyteorder(">"):
+    if expect_dtype is not None and dtype != onp.dtype(expect_dtype).newbyteorder(">"):
         raise ValueError(f"{path}: IDX data type {dtype.name}, expected "
-                         f"{np.dtype(expect_dtype).name}")
+                         f"{onp.dtype(expect_dtype).name}")
     if expect_shape is not None and (len(shape) != len(expect_shape) or any(
             e is not None and s != e for s, e in zip(shape, expect_shape, strict=True))):
         wanted = "(" + ", ".join("N" if e is None else str(e) for e in expect_shape) + ")"
@@ -132,7 +132,7 @@ def read_idx(path, max_bytes=IDX_MAX_BYTES, shape=None, dtype=None):
                     f"{path}: IDX data size mismatch: expected {expected} bytes of data for "
                     f"the header's shape {dims} of {kind.name}, found {found} bytes (truncated "
                     f"or corrupt file?)")
-            arr = np.empty(dims, kind)
+            arr = onp.empty(dims, kind)
             _read_exactly(f, arr, path)
             if f.read(1):
                 raise ValueError(
@@ -160,14 +160,14 @@ def read_cifar10_batch(path, max_records=CIFAR10_MAX_RECORDS):
     if size > max_records * CIFAR10_RECORD:
         raise ValueError(f"{path}: {size // CIFAR10_RECORD} records, more than the "
                          f"{max_records} of a CIFAR-10 batch file")
-    records = np.fromfile(path, dtype=np.uint8).reshape(-1, CIFAR10_RECORD)
-    y = records[:, 0].astype(np.int64)
+    records = onp.fromfile(path, dtype=onp.uint8).reshape(-1, CIFAR10_RECORD)
+    y = records[:, 0].astype(onp.int64)
     if y.max() > 9:
-        bad = int(np.argmax(y > 9))
+        bad = int(onp.argmax(y > 9))
         raise ValueError(f"{path}: record {bad} has label {y[bad]}, CIFAR-10 labels are 0..9")
     # planar (N, C, H, W) on disk -> channels-last (N, H, W, C) in memory
     x = records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    return np.ascontiguousarray(x), y
+    return onp.ascontiguousarray(x), y
 
 
 def extract_cifar10(archive, dest):

@@ -1,6 +1,6 @@
 """The synthetic "shapes" task: the label is a relation between two distant objects."""
 
-import numpy as np
+import numpy as onp
 
 SHAPE_KINDS = ("square", "cross", "ring")
 SHAPES_CLASSES = ("different/upper-right", "different/upper-left", "same/upper-right",
@@ -9,7 +9,7 @@ SHAPES_CLASSES = ("different/upper-right", "different/upper-left", "same/upper-r
 
 def _stencil(kind, size):
     """A ``(size, size)`` 0/1 mask of a shape kind: filled square, plus-shaped cross, ring."""
-    s = np.zeros((size, size), np.float32)
+    s = onp.zeros((size, size), onp.float32)
     if kind == 0:  # square
         s[:] = 1
     elif kind == 1:  # cross: arms one pixel thick (3x3) or two thick (4x4), through the centre
@@ -34,13 +34,13 @@ def _place_pairs(rng, size, sizes, gap):
     Vectorised rejection sampling: redraw only the pairs that violate the gap; for size 16
     about a fifth of draws pass, so a few dozen rounds finish any n.
     """
-    tops = np.empty((len(sizes), 2, 2), np.int64)
-    todo = np.arange(len(sizes))
+    tops = onp.empty((len(sizes), 2, 2), onp.int64)
+    todo = onp.arange(len(sizes))
     while todo.size:
         high = size - sizes[todo][:, :, None] + 1  # (m, 2, 1): per-object bound on row and col
         cand = rng.integers(0, high, size=(len(todo), 2, 2))
         c2 = _centres2(cand, sizes[todo])
-        ok = (np.abs(c2[:, 0] - c2[:, 1]) >= 2 * gap).all(axis=1)
+        ok = (onp.abs(c2[:, 0] - c2[:, 1]) >= 2 * gap).all(axis=1)
         tops[todo[ok]] = cand[ok]
         todo = todo[~ok]
     return tops
@@ -67,7 +67,7 @@ def make_shapes(n, size=16, seed=0, noise=0.05, return_meta=False):
 
     Args:
         n: number of images. size: image side (>= 10). seed: anything
-            ``np.random.default_rng`` accepts (an int or a tuple of ints).
+            ``onp.random.default_rng`` accepts (an int or a tuple of ints).
         noise: standard deviation of the additive Gaussian noise.
         return_meta: also return a dict with ``kinds`` ``(n, 2)`` (index into ``SHAPE_KINDS``),
             ``tops`` ``(n, 2, 2)`` top-left (row, col), ``sizes`` ``(n, 2)``, ``intensity``
@@ -78,16 +78,16 @@ def make_shapes(n, size=16, seed=0, noise=0.05, return_meta=False):
     """
     if size < 10:
         raise ValueError(f"make_shapes needs size >= 10 to fit two objects apart, got {size}")
-    rng = np.random.default_rng(seed)
+    rng = onp.random.default_rng(seed)
     gap = 5  # centre distance >= (4 + 4) / 2 + 1: boxes separated by >= 1 pixel per axis
-    y = rng.permutation(np.arange(n) % 4).astype(np.int64)  # exactly balanced (within 1)
+    y = rng.permutation(onp.arange(n) % 4).astype(onp.int64)  # exactly balanced (within 1)
     same, upper_left = y // 2, y % 2
-    kinds = np.empty((n, 2), np.int64)
+    kinds = onp.empty((n, 2), onp.int64)
     kinds[:, 0] = rng.integers(0, 3, size=n)
     # "different": shift by 1 or 2 (mod 3) so the second kind is uniform over the other two
-    kinds[:, 1] = np.where(same == 1, kinds[:, 0], (kinds[:, 0] + rng.integers(1, 3, n)) % 3)
+    kinds[:, 1] = onp.where(same == 1, kinds[:, 0], (kinds[:, 0] + rng.integers(1, 3, n)) % 3)
     sizes = rng.integers(3, 5, size=(n, 2))
-    intensity = rng.uniform(0.5, 1.0, size=(n, 2)).astype(np.float32)
+    intensity = rng.uniform(0.5, 1.0, size=(n, 2)).astype(onp.float32)
     tops = _place_pairs(rng, size, sizes, gap)
     # make object 0 the upper one (rows differ by >= gap, so there is no tie)
     swap = tops[:, 0, 0] > tops[:, 1, 0]
@@ -98,14 +98,14 @@ def make_shapes(n, size=16, seed=0, noise=0.05, return_meta=False):
     wrong = (tops[:, 0, 1] < tops[:, 1, 1]) != (upper_left == 1)
     tops[wrong, :, 1] = size - sizes[wrong] - tops[wrong, :, 1]
     stencils = {(k, s): _stencil(k, s) for k in range(3) for s in (3, 4)}
-    x = np.zeros((n, size, size), np.float32)
+    x = onp.zeros((n, size, size), onp.float32)
     for i in range(n):  # 2 slice assignments per image: cheap next to the model
         for j in range(2):
             (r, c), s = tops[i, j], sizes[i, j]
             x[i, r:r + s, c:c + s] = intensity[i, j] * stencils[kinds[i, j], s]
     if noise:
-        x += rng.normal(0.0, noise, size=x.shape).astype(np.float32)
-        np.clip(x, 0.0, 1.0, out=x)
+        x += rng.normal(0.0, noise, size=x.shape).astype(onp.float32)
+        onp.clip(x, 0.0, 1.0, out=x)
     x = x[..., None]
     if return_meta:
         return x, y, {"kinds": kinds, "tops": tops, "sizes": sizes, "intensity": intensity}

@@ -10,7 +10,7 @@ import os
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
+import numpy as onp
 
 from .download import _BASE_URLS, DOWNLOADS, _download_all
 from .formats import (
@@ -83,8 +83,8 @@ MNIST_MAX_IMAGES = 100_000  # per IDX file (the official files hold 60000 and 10
 
 def _mnist_pair(images_path, labels_path):
     limit = MNIST_MAX_IMAGES
-    x = read_idx(images_path, max_bytes=limit * 28 * 28, shape=(None, 28, 28), dtype=np.uint8)
-    y = read_idx(labels_path, max_bytes=limit, shape=(None,), dtype=np.uint8)
+    x = read_idx(images_path, max_bytes=limit * 28 * 28, shape=(None, 28, 28), dtype=onp.uint8)
+    y = read_idx(labels_path, max_bytes=limit, shape=(None,), dtype=onp.uint8)
     if len(x) == 0:
         raise ValueError(f"{images_path} holds no images")
     if len(x) != len(y):
@@ -92,7 +92,7 @@ def _mnist_pair(images_path, labels_path):
                          f"{len(y)} labels")
     if y.size and y.max() > 9:
         raise ValueError(f"{labels_path}: labels must be 0..9, found {y.max()}")
-    return x[..., None], y.astype(np.int64)
+    return x[..., None], y.astype(onp.int64)
 
 
 def _find_cifar10_files(dirs):
@@ -133,8 +133,8 @@ def load_cifar10(data_dir=None, download=False):
             f"{data_dir}.")
     train = [read_cifar10_batch(found[n]) for n in CIFAR10_TRAIN_FILES]
     x_test, y_test = read_cifar10_batch(found[CIFAR10_TEST_FILE])
-    x_train = np.concatenate([x for x, _ in train])
-    y_train = np.concatenate([y for _, y in train])
+    x_train = onp.concatenate([x for x, _ in train])
+    y_train = onp.concatenate([y for _, y in train])
     return x_train, y_train, x_test, y_test
 
 
@@ -144,11 +144,11 @@ def load_digits_raw():
     Read with ``importlib.resources`` so it works from an installed wheel too.
     """
     blob = resources.files("minicoat").joinpath("data/digits.csv.gz").read_bytes()
-    table = np.loadtxt(io.StringIO(gzip.decompress(blob).decode("ascii")), delimiter=",",
-                       dtype=np.int64, ndmin=2)
+    table = onp.loadtxt(io.StringIO(gzip.decompress(blob).decode("ascii")), delimiter=",",
+                       dtype=onp.int64, ndmin=2)
     if table.shape[1] != 65 or table[:, :64].min() < 0 or table[:, :64].max() > 16:
         raise ValueError(f"digits.csv.gz: expected rows of 64 pixels in 0..16 and a label, "
                          f"got a table of shape {table.shape}")
-    x = table[:, :64].astype(np.uint8).reshape(-1, 8, 8, 1)
+    x = table[:, :64].astype(onp.uint8).reshape(-1, 8, 8, 1)
     return x, table[:, 64].copy()
 

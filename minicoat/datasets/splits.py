@@ -8,7 +8,7 @@ import hashlib
 import numbers
 from dataclasses import dataclass
 
-import numpy as np
+import numpy as onp
 
 from .shapes import SHAPES_CLASSES, make_shapes
 from .sources import load_cifar10, load_digits_raw, load_mnist
@@ -43,14 +43,14 @@ def stratified_order(y, seed=SPLIT_SEED):
     first k indices are a stratified random sample of size k for every k. All splits and
     subsets below are prefixes of such orders.
     """
-    y = np.asarray(y)
-    perm = np.random.default_rng(seed).permutation(len(y))
+    y = onp.asarray(y)
+    perm = onp.random.default_rng(seed).permutation(len(y))
     yp = y[perm]
-    key = np.empty(len(y))
-    for c in np.unique(yp):
-        idx = np.flatnonzero(yp == c)
-        key[idx] = (np.arange(len(idx)) + 0.5) / len(idx)
-    return perm[np.argsort(key, kind="stable")]
+    key = onp.empty(len(y))
+    for c in onp.unique(yp):
+        idx = onp.flatnonzero(yp == c)
+        key[idx] = (onp.arange(len(idx)) + 0.5) / len(idx)
+    return perm[onp.argsort(key, kind="stable")]
 
 
 def _take_first(order, k, what):
@@ -73,24 +73,24 @@ def channel_stats(x, scale=1.0, chunk=4096):
     """
     c = x.shape[-1]
     count = x.size // c
-    total = np.zeros(c)
+    total = onp.zeros(c)
     for s in range(0, len(x), chunk):
-        total += x[s:s + chunk].sum(axis=(0, 1, 2), dtype=np.float64)
+        total += x[s:s + chunk].sum(axis=(0, 1, 2), dtype=onp.float64)
     mean = total / count
-    sq = np.zeros(c)  # second pass: sum of squared deviations (stabler than E[x^2] - E[x]^2)
+    sq = onp.zeros(c)  # second pass: sum of squared deviations (stabler than E[x^2] - E[x]^2)
     for s in range(0, len(x), chunk):
-        sq += ((x[s:s + chunk].astype(np.float64) - mean) ** 2).sum(axis=(0, 1, 2))
-    std = np.sqrt(sq / count)
-    return (mean * scale).astype(np.float32), (std * scale).astype(np.float32)
+        sq += ((x[s:s + chunk].astype(onp.float64) - mean) ** 2).sum(axis=(0, 1, 2))
+    std = onp.sqrt(sq / count)
+    return (mean * scale).astype(onp.float32), (std * scale).astype(onp.float32)
 
 
 def normalize(x, mean, std, scale=1.0, chunk=4096):
     """``(x * scale - mean) / std`` as float32 ``(N, H, W, C)``, in chunks to bound memory."""
-    out = np.empty(x.shape, np.float32)
-    inv = (1.0 / std).astype(np.float32)
+    out = onp.empty(x.shape, onp.float32)
+    inv = (1.0 / std).astype(onp.float32)
     for s in range(0, len(x), chunk):
-        xs = x[s:s + chunk].astype(np.float32)
-        out[s:s + chunk] = (xs * np.float32(scale) - mean) * inv
+        xs = x[s:s + chunk].astype(onp.float32)
+        out[s:s + chunk] = (xs * onp.float32(scale) - mean) * inv
     return out
 
 
@@ -117,15 +117,15 @@ class Dataset:
     """
 
     name: str
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
+    x_train: onp.ndarray
+    y_train: onp.ndarray
+    x_val: onp.ndarray
+    y_val: onp.ndarray
+    x_test: onp.ndarray
+    y_test: onp.ndarray
     classes: tuple
-    mean: np.ndarray
-    std: np.ndarray
+    mean: onp.ndarray
+    std: onp.ndarray
     flip: bool
     crop_pad: int
     definition: dict = None
@@ -216,7 +216,7 @@ def load_dataset(name, data_dir=None, download=False, seed=0, val_fraction=0.1,
     if len(y_tr) == 0:
         raise ValueError(f"val_fraction={val_fraction} leaves no training images for {name}")
     # train is already in stratified order; test is re-ordered only when subsetting
-    keep = _take_first(np.arange(len(y_tr)), train_subset, "train_subset")
+    keep = _take_first(onp.arange(len(y_tr)), train_subset, "train_subset")
     x_tr, y_tr = x_tr[keep], y_tr[keep]
     if test_subset is not None:
         keep = _take_first(stratified_order(y_te), test_subset, "test_subset")
@@ -227,7 +227,7 @@ def load_dataset(name, data_dir=None, download=False, seed=0, val_fraction=0.1,
         raise ValueError("give both mean and std (the stored normalisation), or neither")
     if mean is None:
         mean, std = channel_stats(x_tr, scale)
-        std = np.where(std > 1e-6, std, np.float32(1.0)).astype(np.float32)  # constant channels
+        std = onp.where(std > 1e-6, std, onp.float32(1.0)).astype(onp.float32)  # constant channels
     else:
         mean, std = _statistics(mean, std, x_tr.shape[-1])
     raw = {"train": (x_tr, y_tr), "val": (x_va, y_va), "test": (x_te, y_te)}
@@ -241,9 +241,9 @@ def load_dataset(name, data_dir=None, download=False, seed=0, val_fraction=0.1,
     )
     return Dataset(
         name=name,
-        x_train=normalize(x_tr, mean, std, scale), y_train=y_tr.astype(np.int64),
-        x_val=normalize(x_va, mean, std, scale), y_val=y_va.astype(np.int64),
-        x_test=normalize(x_te, mean, std, scale), y_test=y_te.astype(np.int64),
+        x_train=normalize(x_tr, mean, std, scale), y_train=y_tr.astype(onp.int64),
+        x_val=normalize(x_va, mean, std, scale), y_val=y_va.astype(onp.int64),
+        x_test=normalize(x_te, mean, std, scale), y_test=y_te.astype(onp.int64),
         classes=classes, mean=mean, std=std, flip=flip, crop_pad=crop_pad,
         definition=definition,
     )
@@ -251,12 +251,12 @@ def load_dataset(name, data_dir=None, download=False, seed=0, val_fraction=0.1,
 
 def _statistics(mean, std, channels):
     """Given normalisation statistics as ``(C,)`` float32, checked finite and std > 0."""
-    mean, std = (np.asarray(v, dtype=np.float32) for v in (mean, std))
+    mean, std = (onp.asarray(v, dtype=onp.float32) for v in (mean, std))
     for what, v in (("mean", mean), ("std", std)):
-        if v.shape != (channels,) or not np.all(np.isfinite(v)):
+        if v.shape != (channels,) or not onp.all(onp.isfinite(v)):
             raise ValueError(f"{what} must be {channels} finite numbers (one per channel), "
                              f"got {v.tolist()}")
-    if not np.all(std > 0):
+    if not onp.all(std > 0):
         raise ValueError(f"std must be positive, got {std.tolist()}")
     return mean, std
 
@@ -265,7 +265,7 @@ def _digest(x, y):
     """SHA-256 of a split's raw images and labels (their bytes, shapes and dtypes)."""
     h = hashlib.sha256()
     for a in (x, y):
-        a = np.ascontiguousarray(a)
+        a = onp.ascontiguousarray(a)
         h.update(f"{a.dtype.str}{a.shape}".encode())
         h.update(memoryview(a).cast("B"))
     return h.hexdigest()
