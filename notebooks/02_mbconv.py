@@ -84,7 +84,7 @@ torch.set_num_threads(1)  # tiny tensors: one thread is fastest, and immune to a
 # would remove any constant shift anyway.
 #
 # In a network, every block's widths come from the network's plan (`mc.plan(config)`, one
-# record per block; notebook 04); `make_block` makes the record of a block on its own.
+# record per block; notebook 05); `make_block` makes the record of a block on its own.
 # `blocks.mbconv_spec(block)` lists the parameters (a shape and an initialiser per leaf), and
 # `init_from_spec` draws them. We take a block that **downsamples**: 16 channels on an $8\times8$
 # grid in, 24 channels on a $4\times4$ grid out (the first block of a stage looks like this).

@@ -545,4 +545,4 @@ for variant in ("pre", "post"):
 # | hand VJP | readable and fast vs traced, all inputs | ~1e-16 | 1e-12 |
 # | finite differences | d `rel_bias` | ~1e-9 | 1e-6 |
 #
-# Next: [04 · CoAtNet](04_coatnet.ipynb) stacks MBConv and Transformer blocks into the network.
+# Next: [05 · CoAtNet](05_coatnet.ipynb) stacks MBConv and Transformer blocks into the network.

@@ -14,7 +14,7 @@
 # ---
 
 # %% [markdown]
-# # 04 · CoAtNet: stages, layouts, counts and the whole-network oracle
+# # 05 · CoAtNet: stages, layouts, counts and the whole-network oracle
 #
 # Notebooks [02](02_mbconv.ipynb) and [03](03_relative_attention.ipynb) built the two blocks.
 # CoAtNet (paper section 2.2, table 3) stacks them in five stages. This notebook:

@@ -14,7 +14,7 @@
 # ---
 
 # %% [markdown]
-# # 06 · The layout study: where should convolution end and attention begin?
+# # 07 · The layout study: where should convolution end and attention begin?
 #
 # Paper, section 2.2 and figure 1. With a stem S0 and four stages S1-S4, each stage either
 # MBConv ("C") or Transformer ("T"), the candidates are C-C-C-C, C-C-C-T, C-C-T-T, C-T-T-T,

@@ -14,7 +14,7 @@
 # ---
 
 # %% [markdown]
-# # 05 · Training a CoAtNet, line by line
+# # 06 · Training a CoAtNet, line by line
 #
 # This notebook walks through [`minicoat/train.py`](../minicoat/train.py): how one minibatch
 # becomes a parameter update, then trains the `coatnet-digits` preset on the 8x8 digits that
