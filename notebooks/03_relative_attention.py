@@ -545,4 +545,5 @@ for variant in ("pre", "post"):
 # | hand VJP | readable and fast vs traced, all inputs | ~1e-16 | 1e-12 |
 # | finite differences | d `rel_bias` | ~1e-9 | 1e-6 |
 #
-# Next: [05 · CoAtNet](05_coatnet.ipynb) stacks MBConv and Transformer blocks into the network.
+# Next: [04 · the Transformer block](04_transformer_block.ipynb) wraps this layer in LayerNorm,
+# the FFN and the pre-norm residual.

@@ -16,7 +16,8 @@
 # %% [markdown]
 # # 05 · CoAtNet: stages, layouts, counts and the whole-network oracle
 #
-# Notebooks [02](02_mbconv.ipynb) and [03](03_relative_attention.ipynb) built the two blocks.
+# Notebooks [02](02_mbconv.ipynb) and [04](04_transformer_block.ipynb) built the two blocks
+# (with [03](03_relative_attention.ipynb)'s relative attention inside the second).
 # CoAtNet (paper section 2.2, table 3) stacks them in five stages. This notebook:
 #
 # 1. prints the stages and blocks of every layout (C-C-C-C ... ViT_REL) of a small preset;
@@ -58,7 +59,10 @@ torch.set_num_threads(1)  # tiny tensors: one thread is fastest, and immune to a
 # | S4 | 1/32 | Transformer | 2, 768 |
 #
 # then global average pooling and a linear classifier. The first block of S1-S4 halves the
-# resolution (the downsampling forms of notebooks 02 and 03) and sets the stage's width.
+# resolution and sets the stage's width: MBConv's downsampling form is in notebook
+# [02](02_mbconv.ipynb), the Transformer's, $x \leftarrow \mathrm{Proj}(\mathrm{Pool}(x)) +
+# \mathrm{Attention}(\mathrm{Pool}(\mathrm{Norm}(x)))$, in notebook
+# [04](04_transformer_block.ipynb).
 #
 # Which stages are convolutional ("C", MBConv) and which are attention ("T", Transformer) is
 # the **layout**, one field of `mc.CoAtNetConfig`. Section 2.2 compares C-C-C-C, C-C-C-T,
