@@ -28,8 +28,8 @@
 #    why the block is the identity when a branch's last layer is zero;
 # 3. assemble the attention half, its downsampling form
 #    $x \leftarrow \mathrm{Proj}(\mathrm{Pool}(x)) +
-#    \mathrm{Attention}(\mathrm{Pool}(\mathrm{Norm}(x)))$, and the FFN half from the public ops, and check each against PyTorch and finite
-#    differences;
+#    \mathrm{Attention}(\mathrm{Pool}(\mathrm{Norm}(x)))$, and the FFN half from the public
+#    ops, and check each against PyTorch and finite differences;
 # 4. read the attention maps and the relative-bias tables of a network trained on real digits.
 #
 # **Prerequisites.** Notebook 03 (relative attention, the bias tables); notebook 02's
@@ -736,9 +736,9 @@ assert max(moved.values()) > 0, "training did not touch the tables"
 #
 # | check | compared | expected | required |
 # |---|---|---|---|
-# | LayerNorm forward | by hand vs `mc.layer_norm`; vs torch, 3 implementations | ~1e-16 | 1e-12; 1e-10 |
+# | LayerNorm forward | by hand vs `mc.layer_norm`; vs torch (3 tiers) | ~1e-16 | 1e-12; 1e-10 |
 # | LayerNorm Jacobian | the formula for $J$ vs autograd's `jacobian` | ~1e-16 | 1e-12 |
-# | LayerNorm VJP | readable vs $J^\top d$; vs FD; vs torch | ~1e-16; ~1e-9; ~1e-16 | 1e-12; 1e-6; 1e-10 |
+# | LayerNorm VJP | readable vs $J^\top d$; FD; torch | ~1e-16; ~1e-9; ~1e-16 | 1e-12; 1e-6; 1e-10 |
 # | block by hand | notebook's halves vs `blocks.transformer_forward` | 0 | 1e-12 |
 # | halves vs torch | attention half (both forms), FFN half, all gradients | ~1e-15 | 1e-10 |
 # | block vs torch | `Transformer` twin, both pools, pre and post, all gradients | ~1e-15 | 1e-10 |
