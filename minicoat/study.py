@@ -68,7 +68,10 @@ def _order(rows, key, reverse):
     return " > ".join(r["layout"] for r in ranked)
 
 
-def markdown_table(rows, dataset, epochs):
+def markdown_table(rows, dataset, epochs, rank=True):
+    """The study's rows as a Markdown table; with ``rank`` (default) the orderings by test
+    accuracy and by clean train loss follow, next to the paper's. ``rank=False`` leaves them
+    out, for runs too short for an ordering to mean anything."""
     lines = [
         f"Layout study on `{dataset}`, {epochs} epochs, seeds {rows[0]['seeds']}.",
         "",
@@ -81,6 +84,8 @@ def markdown_table(rows, dataset, epochs):
         lines.append(f"| {r['layout']} | {r['parameters']:,} | {r['train_loss']:.4f} | "
                      f"{r['clean_train_loss']:.4f} | {r['test_accuracy']:.4f} | {errors} | "
                      f"{r['seconds']:.0f} s |")
+    if not rank:
+        return "\n".join(lines) + "\n"
     lines += [
         "",
         f"- generalization (test accuracy, high to low): {_order(rows, 'test_accuracy', True)}",
