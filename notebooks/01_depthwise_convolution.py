@@ -31,6 +31,19 @@
 # Source: [`minicoat/ops/conv.py`](../minicoat/ops/conv.py), the file a student reads; the fast
 # kernel is in [`minicoat/kernels/conv.py`](../minicoat/kernels/conv.py). Everything below runs
 # in a few seconds.
+#
+# **Learning objectives.** After this notebook you can
+#
+# 1. write the paper's eq. (1), a depthwise convolution, as a loop and as nine shifted slices;
+# 2. derive its vector-Jacobian product for $x$ and $w$, and check a VJP three ways (autograd's
+#    traced gradient, finite differences, PyTorch);
+# 3. say what the three implementations (traced, readable, fast) are and why they agree;
+# 4. read a learning rate's stability off the curvature (Hessian) of a quadratic loss.
+#
+# **Prerequisites.** NumPy slicing and broadcasting; convolution as a weighted sum over a
+# window; the chain rule. No earlier notebook.
+#
+# **Time.** About 45 minutes to read and run, plus 30-60 minutes for the exercises at the end.
 
 # %%
 import inspect
@@ -532,6 +545,54 @@ print(f"largest difference learned vs true: {err:.1e}")
 # | hand VJP | readable, fast and `depthwise_conv2d_backward` vs traced | ~1e-16 | 1e-12 |
 # | finite differences | `depthwise_conv2d_backward` vs `mc.numerical_vjp` | ~1e-9 | 1e-6 |
 # | oracle | readable and fast vs `F.conv2d(groups=C)` in float64 | ~1e-15 | 1e-10 |
+#
+#
+# ## Exercises
+#
+# Solutions are hidden below each exercise (click to open); try first.
+#
+# **1. Output size.** With a 3×3 kernel, padding 1 and stride 2, how many output rows does an
+# input of 7 rows give? Check with `mc.depthwise_conv2d`.
+#
+# <details><summary>Solution (hidden)</summary>
+#
+# $\lfloor (7 + 2 - 3) / 2 \rfloor + 1 = 4$:
+# `mc.depthwise_conv2d(np.zeros((1, 7, 7, 1)), np.zeros((3, 3, 1)), 2).shape` is
+# `(1, 4, 4, 1)`.
+#
+# </details>
+#
+# **2. Cost.** Compare the parameters and multiply-adds of a 3×3 depthwise convolution on an
+# $H \times W \times C$ map with those of a dense 3×3 convolution from $C$ to $C$ channels.
+#
+# <details><summary>Solution (hidden)</summary>
+#
+# Depthwise: $9C$ weights and $9HWC$ multiply-adds; dense: $9C^2$ and $9HWC^2$. The dense one
+# costs $C$ times more of both.
+#
+# </details>
+#
+# **3. The fastest rate.** Rerun the kernel fit of section 5 with $\eta^* = 2 / (\lambda_{\min} +
+# \lambda_{\max})$ from the measured Hessian and count the steps until the largest kernel error
+# is below $10^{-6}$; compare with $\eta = 0.45$.
+#
+# <details><summary>Solution (hidden)</summary>
+#
+# The worst-case factor per step is $(\kappa - 1)/(\kappa + 1)$ with
+# $\kappa = \lambda_{\max} / \lambda_{\min} \approx 1.35$, about 0.15, against
+# $1 - 0.45\,\lambda_{\min} \approx 0.82$ at $\eta = 0.45$: roughly ten steps instead of
+# about eighty.
+#
+# </details>
+#
+# ## Written questions
+#
+# Answer in a few sentences each (in a markdown cell below each question).
+#
+# 1. Why is channels-last convenient for a depthwise convolution in NumPy?
+# 2. Why not take $\varepsilon = 10^{-12}$ in the finite differences, in float64?
+# 3. A depthwise convolution commutes with shifts of its input. Where does the zero padding
+#    break that, and by how many pixels?
 #
 # Next: [02 · MBConv](02_mbconv.ipynb) wraps this convolution in the inverted bottleneck block
 # that makes up CoAtNet's first two stages.

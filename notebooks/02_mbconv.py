@@ -30,6 +30,21 @@
 # Source: [`minicoat/blocks.py`](../minicoat/blocks.py),
 # [`minicoat/ops/norm.py`](../minicoat/ops/norm.py),
 # [`minicoat/ops/layers.py`](../minicoat/ops/layers.py).
+#
+# **Learning objectives.** After this notebook you can
+#
+# 1. build the inverted bottleneck (expand, depthwise, squeeze-excitation, project) from the
+#    ops and count its parameters;
+# 2. use BatchNorm with explicit state: batch statistics in training, running statistics in
+#    evaluation, and PyTorch's update of the running ones;
+# 3. derive BatchNorm's backward pass and check it;
+# 4. write the downsampling form and explain where the stride can go;
+# 5. test a whole block against a PyTorch twin, including gradients that are truly zero.
+#
+# **Prerequisites.** Notebook 01 (depthwise convolution, checking a VJP); what BatchNorm does;
+# the sigmoid and GELU activations.
+#
+# **Time.** About 60 minutes to read and run, plus 30-60 minutes for the exercises at the end.
 
 # %%
 import inspect
@@ -539,5 +554,54 @@ for stride_at in ("expand", "depthwise"):
 # | BatchNorm backward | `batch_norm_train_backward` vs traced; vs FD | ~1e-16; ~1e-9 | 1e-12; 1e-6|
 # | block by hand | notebook's step-by-step block vs `blocks.mbconv_forward` | 0 | 1e-12 |
 # | oracle | output, every gradient, running statistics vs the torch `MBConv` | ~1e-15 | 1e-10 |
+#
+#
+# ## Exercises
+#
+# Solutions are hidden below each exercise (click to open); try first.
+#
+# **1. Running statistics.** Starting from mean 0 and variance 1, call `mc.batch_norm` in
+# training mode $k$ times on the same batch, whose channel means are $m$. Predict the running
+# mean after $k$ calls and check it.
+#
+# <details><summary>Solution (hidden)</summary>
+#
+# Each call does $r \leftarrow 0.9\, r + 0.1\, m$, so after $k$ calls $r = m(1 - 0.9^k)$: 0.1 m,
+# 0.19 m, 0.271 m, ...
+#
+# </details>
+#
+# **2. Count the parameters** of an MBConv block with $C_{in} = C_{out} = 32$, expansion 4
+# and SE width 8 (the first block of `coatnet-digits`), leaf by leaf, and check with
+# `mc.count_params` of its parameters.
+#
+# <details><summary>Solution (hidden)</summary>
+#
+# pre_norm 64; expand 32·128 = 4,096; norm1 256; dw 9·128 = 1,152; norm2 256; SE
+# 128·8 + 8 + 8·128 + 128 = 2,184; project 128·32 + 32 = 4,128. Total 12,136.
+#
+# </details>
+#
+# **3. Folding BatchNorm.** In evaluation mode BatchNorm is an affine map per channel. Fold
+# `norm1` into the expansion convolution before it (a new weight and a bias) and check that
+# the block's evaluation-mode output does not change.
+#
+# <details><summary>Solution (hidden)</summary>
+#
+# With $s = \gamma / \sqrt{\text{var} + \epsilon}$: $W' = W s$ (column by column) and
+# $b' = \beta - s\, \text{mean}$; then `conv1x1(h, W', b')` equals
+# `batch_norm(conv1x1(h, W), ..., train=False)` to round-off.
+#
+# </details>
+#
+# ## Written questions
+#
+# Answer in a few sentences each (in a markdown cell below each question).
+#
+# 1. BatchNorm trains with batch statistics but evaluates with running ones. What would go
+#    wrong if it evaluated one image with its own statistics?
+# 2. The stride can sit in the first 1×1 convolution (paper) or in the depthwise one (timm).
+#    Which of the two lets each output pixel see more of the input, and why?
+# 3. Why is the squeeze-excitation gate a sigmoid per channel rather than a softmax over them?
 #
 # Next: [03 · relative attention](03_relative_attention.ipynb), the other half of CoAtNet.

@@ -31,6 +31,19 @@
 #    traced one and finite differences.
 #
 # Source: [`minicoat/ops/attention.py`](../minicoat/ops/attention.py).
+#
+# **Learning objectives.** After this notebook you can
+#
+# 1. write self-attention and show that it is blind to position (permutation equivariant);
+# 2. build the relative position index and the bias matrix $B$ from a per-head table;
+# 3. tell the pre (sum, then softmax) and post (softmax, then sum) variants apart;
+# 4. state exactly where translation equivariance holds, and why;
+# 5. check the layer and its hand-written VJP against PyTorch and finite differences.
+#
+# **Prerequisites.** Notebook 01 (the weighted-sum view of convolution, checking a VJP); the
+# softmax and its gradient; matrix products with batch axes.
+#
+# **Time.** About 60 minutes to read and run, plus 30-60 minutes for the exercises at the end.
 
 # %%
 import inspect
@@ -544,6 +557,52 @@ for variant in ("pre", "post"):
 # | oracle | output and all gradients vs torch, pre and post, readable and fast | ~1e-15 | 1e-10 |
 # | hand VJP | readable and fast vs traced, all inputs | ~1e-16 | 1e-12 |
 # | finite differences | d `rel_bias` | ~1e-9 | 1e-6 |
+#
+#
+# ## Exercises
+#
+# Solutions are hidden below each exercise (click to open); try first.
+#
+# **1. The index by hand.** For a $3 \times 5$ grid, how many entries has each head's table?
+# Which entry holds offset $(0, 0)$, and which offset $(y_i - y_j, x_i - x_j) = (-2, 4)$? Check
+# with `mc.relative_position_index(3, 5)`.
+#
+# <details><summary>Solution (hidden)</summary>
+#
+# $(2 \cdot 3 - 1)(2 \cdot 5 - 1) = 45$ entries; $(0, 0)$ is $(0 + 2) \cdot 9 + (0 + 4) = 22$;
+# $(-2, 4)$ is $0 \cdot 9 + 8 = 8$.
+#
+# </details>
+#
+# **2. Post's row sums.** For the hand-crafted head 0, compute $1 + \sum_j B_{ij}$ for the
+# corner, edge and centre tokens and compare with the row sums the notebook printed.
+#
+# <details><summary>Solution (hidden)</summary>
+#
+# `1 + rel_bias[0][index].sum(axis=1)` at tokens 0, 3 and 24 gives the printed post sums: the
+# softmax part sums to 1, the bias adds its row of $B$, and fewer offsets fit near an edge.
+#
+# </details>
+#
+# **3. Attention's size.** CoAtNet-0's S3 runs on a $14 \times 14$ grid at width 384 (12 heads
+# of 32) for a 224×224 image. How many attention weights does one block compute per image?
+#
+# <details><summary>Solution (hidden)</summary>
+#
+# $T = 196$ tokens, $T^2 = 38{,}416$ weights per head, 460,992 for 12 heads.
+#
+# </details>
+#
+# ## Written questions
+#
+# Answer in a few sentences each (in a markdown cell below each question).
+#
+# 1. Why is the pre variant only approximately translation equivariant when the table is not
+#    zero, in the experiment of section 4?
+# 2. What would an absolute position embedding, added to the tokens, change about the
+#    equivariance?
+# 3. In the post variant, $\sum_j w_{i-j} v_j$ is a convolution of the values. What is its
+#    kernel size on an $H \times W$ grid, and how does that compare with MBConv's 3×3?
 #
 # Next: [04 · the Transformer block](04_transformer_block.ipynb) wraps this layer in LayerNorm,
 # the FFN and the pre-norm residual.

@@ -29,6 +29,18 @@
 # Source: [`minicoat/model.py`](../minicoat/model.py),
 # [`minicoat/configs.py`](../minicoat/configs.py),
 # [`minicoat/oracle/network.py`](../minicoat/oracle/network.py).
+#
+# **Learning objectives.** After this notebook you can
+#
+# 1. read a config as stages and blocks (the plan) for every layout;
+# 2. recompute the paper's parameter and FLOP counts of CoAtNet-0 to -4;
+# 3. check a whole network, logits and every gradient, against an independent PyTorch twin;
+# 4. move weights between NumPy and PyTorch exactly, both ways.
+#
+# **Prerequisites.** Notebooks 02 (MBConv) and 04 (the Transformer block); counting the
+# parameters and multiply-adds of a linear layer.
+#
+# **Time.** About 40 minutes to read and run, plus 30 minutes for the exercises at the end.
 
 # %%
 import math
@@ -374,3 +386,48 @@ assert err <= 1e-10, f"ours {logits[0]} vs torch {logits_torch[0]}: error {err:.
 # Further reading: [docs/oracle.md](../docs/oracle.md) for how the cross-checks work,
 # [docs/math.md](../docs/math.md) for every equation with its function, and
 # [docs/training.md](../docs/training.md) to train these networks.
+
+
+# %% [markdown]
+# ## Exercises
+#
+# Solutions are hidden below each exercise (click to open); try first.
+#
+# **1. The heaviest block.** Which block of CoAtNet-0 holds the most parameters? Use
+# `mc.plan` and the block specs (`blocks.mbconv_spec`, `blocks.transformer_spec`).
+#
+# <details><summary>Solution (hidden)</summary>
+#
+# `s4.block1`, a Transformer block at width 768, with 7,091,928 parameters (attention
+# $4 \cdot 768^2$, the FFN $8 \cdot 768^2$, plus biases, norms and the bias table).
+#
+# </details>
+#
+# **2. Changing the layout.** Count the parameters of CoAtNet-0 with `layout="CCCT"` and
+# explain the difference from C-C-T-T.
+#
+# <details><summary>Solution (hidden)</summary>
+#
+# 23,343,112 instead of 24,993,844: S3's five blocks become MBConv blocks, which at the same
+# width have fewer parameters than Transformer blocks.
+#
+# </details>
+#
+# **3. FLOPs and resolution.** CoAtNet-0 needs 4.14 B multiply-adds at 224 and 13.05 B at 384
+# (`mc.count_flops`). The pixel count grows by $(384/224)^2 \approx 2.94$. Why is the ratio
+# larger?
+#
+# <details><summary>Solution (hidden)</summary>
+#
+# 13.05 / 4.14 = 3.15: everything per pixel or per token scales by 2.94, but the attention
+# matrices grow with the square of the token count, so their share grows by $2.94^2$.
+#
+# </details>
+#
+# ## Written questions
+#
+# Answer in a few sentences each (in a markdown cell below each question).
+#
+# 1. Why does ViT_REL need a patchifying stem, and what does it lose against the convolution
+#    stages?
+# 2. Why are the oracle checks run in float64 rather than in the float32 used for training?

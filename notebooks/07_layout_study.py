@@ -31,6 +31,18 @@
 # a few minutes per layout on a laptop) and writes a table and the figure. Here CI runs a quick
 # version; set `MINICOAT_FULL=1` to run the real one in the notebook, and the results of the
 # full run are loaded from `docs/layout_study/` below.
+#
+# **Learning objectives.** After this notebook you can
+#
+# 1. state the paper's layout study: what generalization and capacity mean and how each is
+#    measured;
+# 2. run it at small scale and read its table and figure;
+# 3. judge when a run is long enough to rank anything (and say so when it is not).
+#
+# **Prerequisites.** Notebooks 05 (layouts) and 06 (training).
+#
+# **Time.** About 20 minutes to read and run (the full study takes a few minutes per layout),
+# plus 30 minutes for the exercises at the end.
 
 # %%
 import json
@@ -110,3 +122,39 @@ if not FULL:
     full_worst = min(r["test_accuracy"] for r in full["rows"])
     print(f"best quick-run accuracy {quick_best:.3f}; worst full-study accuracy {full_worst:.3f}")
     assert quick_best < full_worst, "the quick run is not far from the trained accuracies"
+
+
+# %% [markdown]
+# ## Exercises
+#
+# Solutions are hidden below each exercise (click to open); try first.
+#
+# **1. Seeds.** Run the quick study for seeds 0, 1 and 2 (`run_layout_study(..., seeds=(0,))`
+# three times) and compare each layout's test accuracy across the seeds with the differences
+# between layouts.
+#
+# <details><summary>Solution (hidden)</summary>
+#
+# In a one-epoch run on 256 images the spread between seeds is as large as the differences
+# between layouts: the ordering changes from seed to seed, which is why it is not printed.
+#
+# </details>
+#
+# **2. Where the parameters are.** For each layout, split the parameter count into S1-S4
+# (`mc.plan` and the block specs) and explain why C-T-T-T has more than C-C-C-T.
+#
+# <details><summary>Solution (hidden)</summary>
+#
+# Each stage turned from MBConv into Transformer blocks grows: at the same width a
+# Transformer block (attention $4C^2$, FFN $8C^2$) outweighs an MBConv block here.
+#
+# </details>
+#
+# ## Written questions
+#
+# Answer in a few sentences each (in a markdown cell below each question).
+#
+# 1. How many seeds and epochs would you want before ranking two layouts whose test
+#    accuracies differ by 0.3%, with 359 test images? (One image is 0.28%.)
+# 2. Why does the paper measure capacity on JFT-300M rather than on ImageNet, and what stands
+#    in for it here?
