@@ -316,6 +316,10 @@ for variant, A in (("pre", A_pre), ("post", A_post)):
         f"{variant:4s}: row sums of head 0: corner token {sums[0, 0]:.3f}, "
         f"edge {sums[0, 3]:.3f}, centre {sums[3, 3]:.3f}"
     )
+bias_rows = 1 + rel_bias[0][index].sum(axis=-1)  # (T,): 1 + sum_j B_ij for head 0
+assert np.allclose(A_pre[0, 0].sum(axis=-1), 1, rtol=0, atol=1e-12), "pre: rows sum to 1"
+assert np.allclose(A_post[0, 0].sum(axis=-1), bias_rows, rtol=0, atol=1e-12), "post: 1 + sum B"
+assert bias_rows[0] < bias_rows[3] < bias_rows[24], "fewer offsets fit near the edges"
 
 # %% [markdown]
 # The $T \times T$ bias matrix $B$ of head 0 itself shows the structure of section 2: each
