@@ -134,6 +134,14 @@ for layout in ("CCCC", "CCCT", "CCTT", "CTTT", "VIT_REL"):
     print(f"{layout}: {params_total:,d} parameters, {flops / 1e6:.1f}M multiply-adds per image")
     print("\n".join(block_list(config)))
 
+# the reading below, asserted: same widths and grids in every layout; more parameters as "T"
+# moves earlier
+shapes = {layout: [(b.c_in, b.c_out, b.grid_out) for b in mc.plan(small.replace(layout=layout))]
+          for layout in ("CCCC", "CCCT", "CCTT", "CTTT")}
+assert all(s == shapes["CCTT"] for s in shapes.values()), "a layout changed a width or a grid"
+totals = [mc.count_params(small.replace(layout=layout)) for layout in shapes]
+assert totals == sorted(totals), f"parameters do not grow as T moves earlier: {totals}"
+
 # %% [markdown]
 # A few things to read off:
 #
@@ -226,6 +234,9 @@ plt.ylabel("parameters (M)")
 plt.title("CoAtNet-0 parameters per stage\n(blue: convolution, orange: attention, green: head)")
 plt.show()
 print({stage: round(count, 2) for stage, count in per_stage.items()})
+share = (per_stage["s3"] + per_stage["s4"]) / sum(per_stage.values())
+print(f"S3 + S4 hold {share:.0%} of the parameters")
+assert share > 0.5, "the Transformer stages hold most of the weights"
 
 # %% [markdown]
 # ## 3. The whole network against PyTorch
