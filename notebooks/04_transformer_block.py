@@ -660,7 +660,7 @@ print("S3 attention:", A3.shape, "rows sum to 1:", np.allclose(A3.sum(-1), 1, at
 assert np.allclose(A3.sum(-1), 1, atol=1e-5)
 
 # %% [markdown]
-# The attention of S3 for one test digit: for four query tokens (corners and centre of the
+# The attention of S3 for one test digit: for four query tokens (the diagonal of the
 # $4 \times 4$ grid, marked +), where each head looks, laid back onto the grid. Each map sums
 # to 1.
 
@@ -727,10 +727,11 @@ assert max(moved.values()) > 0, "training did not touch the tables"
 # In this network, after this training, the relative-bias tables are small next to the content
 # logits (the ratios printed above, asserted below 0.1): on a $4 \times 4$ and a $2 \times 2$
 # grid, the heads decide where to look mostly from content. The tables did move (they are
-# trained), but little: AdamW moves an entry by at most about the learning rate per step, and
-# the gradients of a table entry from different images largely cancel. On large grids
-# (ImageNet's $14 \times 14$ in S3) the paper's tables matter more; exercise 4 asks how many
-# token pairs train each entry.
+# trained, asserted above), but little. Two likely reasons, not tested here: AdamW moves an
+# entry by about the learning rate per step at most, and a table entry collects the gradients
+# of many token pairs and images, which need not agree in sign. Written question 3 asks for an
+# experiment that tells such reasons apart; exercise 4 counts how many token pairs train each
+# entry.
 #
 # ## Summary
 #
