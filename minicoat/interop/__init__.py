@@ -1,0 +1,15 @@
+"""minicoat and the outside world: timm's CoAtNets and other resolutions.
+
+* ``minicoat.interop.timm``: ``config(name)`` for timm's ``coatnet_0_224`` .. ``coatnet_4_224``,
+  ``load_state_dict`` / ``to_state_dict`` between timm's state dicts and minicoat's trees.
+* ``resize_rel_bias`` / ``resize_rel_bias_table``: a network's relative-bias tables for another
+  image size, resized as timm resizes them.
+* ``files``: ``.safetensors`` files both ways (``minicoat convert``).
+
+Nothing here imports torch (or timm): state dicts are mappings of names to NumPy arrays.
+"""
+
+from . import timm
+from .resize import resize_rel_bias, resize_rel_bias_table
+
+__all__ = ["resize_rel_bias", "resize_rel_bias_table", "timm"]
