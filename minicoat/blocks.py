@@ -53,8 +53,7 @@ def norm_spec(c):
 
 def _shortcut_spec(block):
     """Projection on the shortcut when the block changes width or resolution, else nothing."""
-    changes = block.stride != 1 or block.c_in != block.c_out
-    return {"proj": dense(block.c_in, block.c_out)} if changes else {}
+    return {"proj": dense(block.c_in, block.c_out)} if block.proj else {}
 
 
 def _pool(x, pool):

@@ -50,6 +50,10 @@ class CoAtNetConfig:
             in the first block of a stage.
         se_act: squeeze-excitation's hidden activation, ``"gelu"`` (GELU everywhere, paper
             appendix A.1) or ``"silu"`` (EfficientNet's SE, and timm's ``attn_act_layer``).
+        shortcut_proj: when a block's shortcut has a 1x1 projection: ``"always"`` for every
+            block that downsamples or widens (paper: ``Proj(Pool(x))``) or ``"width"`` only
+            when the width changes, a pool alone otherwise (timm's ``Downsample2d``; it
+            matters where a stage keeps its input's width, CoAtNet-2's and -3's S1).
         stem_bias: whether the stem's last 3x3 convolution has a bias (minicoat's default:
             it feeds S1 with no norm in between); timm's CoAtNets have none (``stem_bias``).
         ln_eps: LayerNorm's epsilon in the Transformer blocks and the head (PyTorch's
@@ -77,6 +81,7 @@ class CoAtNetConfig:
     se_basis: str = "input"
     se_act: str = "gelu"
     ln_eps: float = 1e-5
+    shortcut_proj: str = "always"
     stem_bias: bool = True
     variant: str = "pre"
     pool: str = "max"
@@ -121,7 +126,7 @@ class CoAtNetConfig:
         if not isinstance(self.stem_bias, bool):
             raise ValueError(f"stem_bias must be True or False, got {self.stem_bias!r}")
         for name in ("name", "layout", "variant", "pool", "stride_at", "gelu", "se_basis",
-                     "se_act"):
+                     "se_act", "shortcut_proj"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
         self.validate()
@@ -198,6 +203,7 @@ class CoAtNetConfig:
             "gelu": ("none", "tanh"),
             "se_basis": ("input", "output"),
             "se_act": ("gelu", "silu"),
+            "shortcut_proj": ("always", "width"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

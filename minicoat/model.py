@@ -291,7 +291,7 @@ def count_flops(config):
         if block.kind == "stem":
             flops += tokens * 9 * c_in * c_out
             continue
-        if block.stride != 1 or c_in != c_out:
+        if block.proj:
             flops += tokens * c_in * c_out  # shortcut projection
         if block.kind == "C":
             mid = block.expanded

@@ -59,7 +59,7 @@ def to_timm(kind, array, heads=0):
         out = a.T
     else:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    return onp.ascontiguousarray(out)
+    return onp.array(out, order="C")  # a copy: never a view of the caller's arrays
 
 
 def from_timm(kind, array, heads=0):
@@ -83,7 +83,7 @@ def from_timm(kind, array, heads=0):
         out = a.T
     else:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    return onp.ascontiguousarray(out)
+    return onp.array(out, order="C")  # a copy: never a view of the caller's arrays
 
 
 def timm_shape(kind, shape, heads=0):

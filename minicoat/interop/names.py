@@ -100,7 +100,7 @@ def table(config):
             _mbconv(rows, ours, theirs, block)
         else:
             _transformer(rows, ours, theirs, block)
-        if block.stride == 2:
+        if block.proj:
             _dense(rows, f"{ours}.proj", f"{theirs}.shortcut.expand")
     _norm(rows, "head.norm", "head.norm", batch_norm=False)
     _dense(rows, "head.pre_logits", "head.pre_logits.fc", kind="linear")

@@ -46,6 +46,7 @@ def config(name, **overrides):
     * ``pool="avg"``, ``stride_at="depthwise"``: ``pool_type='avg2'``, ``stride_mode='dw'``;
     * ``se_basis="output"``, ``se_ratio=0.25``: ``rd_channels = int(attn_ratio * out_chs)``
       (``expand_output=True``); ``se_act="silu"``: ``attn_act_layer='silu'``;
+    * ``shortcut_proj="width"``: ``Downsample2d`` projects only when the width changes;
     * ``ln_eps=1e-6``: ``MaxxVitTransformerCfg.norm_eps``, also the head's norm;
     * ``head_hidden``: ``head_hidden_size``, a pre-logits linear + tanh
       (``NormMlpClassifierHead``);
@@ -59,7 +60,8 @@ def config(name, **overrides):
         name=name, layout="CCTT", depths=(2, *depths), channels=(stem, *widths),
         strides=(2, 2, 2, 2, 2), image_size=224, in_channels=3, num_classes=1000,
         head_hidden=hidden, head_dim=32, mbconv_expand=4, ffn_expand=4, se_ratio=0.25,
-        se_basis="output", se_act="silu", ln_eps=1e-6, stem_bias=False, variant="pre",
+        se_basis="output", se_act="silu", ln_eps=1e-6, shortcut_proj="width",
+        stem_bias=False, variant="pre",
         pool="avg", stride_at="depthwise", gelu="none",
     )
     unknown = sorted(set(overrides) - set(fields))

@@ -38,10 +38,10 @@ def _gelu(cfg):
 class Shortcut(nn.Module):
     """Identity, or ``Proj(Pool(x))`` with a 1x1 convolution named ``proj``."""
 
-    def __init__(self, c_in, c_out, stride, cfg):
+    def __init__(self, c_in, c_out, stride, cfg, proj):
         super().__init__()
         self.pool = _pool(cfg.pool) if stride == 2 else nn.Identity()
-        self.has_proj = stride != 1 or c_in != c_out
+        self.has_proj = proj
         if self.has_proj:
             self.proj = nn.Conv2d(c_in, c_out, 1)
 
@@ -71,7 +71,7 @@ class MBConv(nn.Module):
         c_in, c_out, mid, stride = block.c_in, block.c_out, block.expanded, block.stride
         expand_stride = stride if cfg.stride_at == "expand" else 1
         dw_stride = stride if cfg.stride_at == "depthwise" else 1
-        self.shortcut = Shortcut(c_in, c_out, stride, cfg)
+        self.shortcut = Shortcut(c_in, c_out, stride, cfg, block.proj)
         self.pre_norm = nn.BatchNorm2d(c_in)
         self.expand = nn.Conv2d(c_in, mid, 1, stride=expand_stride, bias=False)
         self.norm1 = nn.BatchNorm2d(mid)
@@ -131,7 +131,7 @@ class Transformer(nn.Module):
     def __init__(self, block, cfg):
         super().__init__()
         c_in, c_out, stride = block.c_in, block.c_out, block.stride
-        self.shortcut = Shortcut(c_in, c_out, stride, cfg)
+        self.shortcut = Shortcut(c_in, c_out, stride, cfg, block.proj)
         self.norm1 = nn.LayerNorm(c_in, eps=cfg.ln_eps)
         self.pool = _pool(cfg.pool) if stride == 2 else nn.Identity()
         self.attn = RelativeAttention(c_in, c_out, block.heads, block.grid_out, cfg.variant)
