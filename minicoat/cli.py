@@ -1,4 +1,4 @@
-"""The ``minicoat`` command: train, evaluate, bench, study, assignments.
+"""The ``minicoat`` command: train, evaluate, bench, study, assignments, convert.
 
 ``minicoat train`` with no arguments trains the ``coatnet-digits`` preset on the 8x8 UCI
 digits that ship inside the package, so it needs no network and no data files.
@@ -160,13 +160,15 @@ def build_parser():
         ("bench", "time NumPy against the PyTorch twin (op by op and a training step)"),
         ("study", "run experiments, e.g. `minicoat study layouts` (the paper's section 2.2)"),
         ("assignments", "build course assignments: `minicoat assignments build OUT`"),
+        ("convert", "timm .safetensors <-> minicoat .npz: `minicoat convert IN OUT`"),
     ):
         p = sub.add_parser(name, help=help_text, add_help=False)
         p.add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
 
-PASSTHROUGH = ("bench", "study", "assignments")  # commands with their own argument parsers
+# commands with their own argument parsers
+PASSTHROUGH = ("bench", "study", "assignments", "convert")
 
 
 def main(argv=None):
@@ -228,6 +230,8 @@ def _passthrough(command, argv):
         from .bench import main as command_main
     elif command == "study":
         from .study import main as command_main
+    elif command == "convert":
+        from .interop.convert import main as command_main
     else:
         from .assignments.build import main as command_main
     return command_main(argv)
