@@ -3,8 +3,8 @@
 ``interop.timm.load_state_dict`` of timm's state dict must give logits within 1e-12 (normwise)
 of timm's, in evaluation and training mode (BatchNorm batch statistics and the updated running
 statistics), with every gradient within 1e-12 of timm's autograd; the state dict round trip
-is exact; a model resized to another image size matches timm's resized model. Measured on the
-AMD EPYC machine (timm 1.0.31): logits 1.1e-15 .. 1.3e-15, gradients <= 1e-13.
+is exact; a model resized to another image size matches timm's resized model. Measured on a
+2-core Intel Xeon (timm 1.0.31): logits 1.1e-15 .. 1.3e-15 (docs/timm.md has the table).
 
 The CoAtNet-3 and -4 cases hold 167M and 275M parameters: float64 logits only (weights
 ~2.2 GB twice), the round trip in float32.
