@@ -155,3 +155,26 @@ def test_interop_refuses_what_timm_cannot_hold():
     del sd["head.fc.bias"]
     with pytest.raises(ValueError, match=r"missing \['head.fc.bias'\]"):
         mt.load_state_dict(sd, config)
+
+
+def test_the_way_out_to_scale_and_back():
+    """docs/timm.md's round trip on a CPU: minicoat's weights exported, loaded into timm
+    (strict), one training step there (SGD, timm's autograd), imported back: minicoat's logits
+    of the trained weights equal timm's, and so do the updated BatchNorm statistics."""
+    timm = import_timm()
+    config = mt.config("coatnet_0_224", image_size=64, num_classes=10)
+    params, state = mc.init_params(config, seed=0, dtype=np.float64)
+    model = timm.create_model("coatnet_0_224", img_size=64, num_classes=10).double()
+    model.load_state_dict({k: torch.from_numpy(v)
+                           for k, v in mt.to_state_dict(params, state, config).items()})
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, labels = _images((64, 64), n=2), torch.tensor([3, 7])
+    loss = torch.nn.functional.cross_entropy(model.train()(to_nchw(x)), labels)
+    loss.backward()
+    optimizer.step()
+    trained, trained_state = mt.load_state_dict(numpy_state_dict(model), config)
+    assert mc.rel_error(trained["head"]["w"], params["head"]["w"]) > 1e-6  # it did train
+    with torch.no_grad():
+        theirs = model.eval()(to_nchw(x)).numpy()
+    ours, _ = mc.forward(trained, trained_state, x, config)
+    assert mc.rel_error(ours, theirs) <= TOL
