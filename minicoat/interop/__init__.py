@@ -10,6 +10,6 @@ Nothing here imports torch (or timm): state dicts are mappings of names to NumPy
 """
 
 from . import timm
-from .resize import resize_rel_bias, resize_rel_bias_table
+from .resize import resize_images, resize_rel_bias, resize_rel_bias_table
 
-__all__ = ["resize_rel_bias", "resize_rel_bias_table", "timm"]
+__all__ = ["resize_images", "resize_rel_bias", "resize_rel_bias_table", "timm"]

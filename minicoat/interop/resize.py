@@ -87,6 +87,31 @@ def resize_rel_bias_table(table, old_grid, new_grid):
     return onp.ascontiguousarray(resized.reshape(heads, dst[0] * dst[1]))
 
 
+def resize_images(x, size):
+    """Bilinear resize of a batch of images, ``(N, H, W, C) -> (N, H', W', C)``.
+
+    Pixel centres as in ``torch.nn.functional.interpolate(mode="bilinear",
+    align_corners=False)``: output pixel ``i`` samples the input at ``(i + 0.5) H / H' - 0.5``
+    (held at the edges), interpolated linearly along H, then along W. For running a model at
+    another resolution than the images' (``minicoat evaluate --image-size``).
+    """
+    x = onp.asarray(x)
+    if x.ndim != 4:
+        raise ValueError(f"images must have shape (N, H, W, C), got {x.shape}")
+    for axis, new in ((1, size[0]), (2, size[1])):
+        old = x.shape[axis]
+        source = onp.maximum((onp.arange(new) + 0.5) * (old / new) - 0.5, 0.0)
+        left = onp.minimum(onp.floor(source).astype(int), old - 1)
+        right = onp.minimum(left + 1, old - 1)
+        weight = (source - left).astype(x.dtype)
+        shape = [1, 1, 1, 1]
+        shape[axis] = new
+        weight = weight.reshape(shape)  # broadcast along the resized axis
+        x = (onp.take(x, left, axis=axis) * (1 - weight)
+             + onp.take(x, right, axis=axis) * weight)
+    return x
+
+
 def resize_rel_bias(params, config, image_size):
     """The parameters of ``config``'s network for another input size, and its config.
 
