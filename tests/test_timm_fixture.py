@@ -84,3 +84,23 @@ def test_resize_keeps_everything_but_the_tables():
     same, _ = resize_rel_bias(params, config, (32, 64))
     assert np.array_equal(same["s4"]["block0"]["attn"]["rel_bias"],
                           params["s4"]["block0"]["attn"]["rel_bias"])
+
+
+def test_timm_options_are_checked_and_the_paper_presets_keep_their_defaults():
+    paper = mc.config("coatnet-0")
+    assert (paper.se_basis, paper.se_act, paper.ln_eps, paper.shortcut_proj, paper.stem_bias) == (
+        "input", "gelu", 1e-5, "always", True)
+    assert mc.count_params(paper) == 24_993_844
+    blocks = {b.name: b for b in mc.plan(mt.config("coatnet_2_224"))}
+    assert blocks["s1.block0"].se == 32 and not blocks["s1.block0"].proj  # 128 -> 128: pool only
+    assert blocks["s2.block0"].se == 64 and blocks["s2.block0"].proj  # 0.25 of the output 256
+    for field, value, message in [("se_basis", "middle", "se_basis must be one of"),
+                                  ("se_act", "relu", "se_act must be one of"),
+                                  ("ln_eps", 0.0, "ln_eps must be a positive number"),
+                                  ("ln_eps", True, "ln_eps must be a positive number"),
+                                  ("shortcut_proj", "never", "shortcut_proj must be one of"),
+                                  ("stem_bias", 1, "stem_bias must be True or False")]:
+        with pytest.raises(ValueError, match=message):
+            paper.replace(**{field: value})
+    with pytest.raises(ValueError, match="act must be 'gelu' or 'silu'"):
+        mc.squeeze_excitation(np.ones((1, 2, 2, 4)), {}, act="relu")
