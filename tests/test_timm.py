@@ -7,7 +7,7 @@ is exact; a model resized to another image size matches timm's resized model. Me
 2-core Intel Xeon (timm 1.0.31): logits 1.1e-15 .. 1.3e-15 (docs/timm.md has the table).
 
 The CoAtNet-3 and -4 cases hold 167M and 275M parameters: float64 logits only (weights
-~2.2 GB twice), the round trip in float32.
+~2.2 GB twice), the round trip in float32; gradients are compared for CoAtNet-0 and -2.
 """
 
 import autograd.numpy as anp
@@ -78,8 +78,13 @@ def test_state_dict_round_trip_is_exact(name):
     model.load_state_dict({k: torch.from_numpy(v) for k, v in back.items()}, strict=True)
 
 
-GRAD_CASES = [pytest.param(name, size, id=f"{name}-{size[0]}x{size[1]}")
-              for name in ("coatnet_0_224",) for size in SIZES]
+# CoAtNet-2 adds what CoAtNet-0 and -1 lack: a stage that keeps its input's width (S1: a
+# shortcut pool with no projection). CoAtNet-1 has -0's blocks, deeper; -3 and -4 would hold
+# ~9 GB of float64 weights and gradients on both sides.
+GRAD_CASES = [pytest.param("coatnet_0_224", size, id=f"coatnet_0_224-{size[0]}x{size[1]}")
+              for size in SIZES]
+GRAD_CASES.append(pytest.param("coatnet_2_224", SIZES[0], id="coatnet_2_224-64x64",
+                               marks=pytest.mark.slow))
 
 
 @pytest.mark.parametrize("name, size", GRAD_CASES)
