@@ -9,7 +9,8 @@
 Nothing here imports torch (or timm): state dicts are mappings of names to NumPy arrays.
 """
 
-from . import timm
+from . import timm  # noqa: F401  (the submodule, imported with the package)
 from .resize import resize_images, resize_rel_bias, resize_rel_bias_table
 
-__all__ = ["resize_images", "resize_rel_bias", "resize_rel_bias_table", "timm"]
+# ``timm`` is a module (``from minicoat.interop import timm``), documented on its own page
+__all__ = ["resize_images", "resize_rel_bias", "resize_rel_bias_table"]

@@ -2,18 +2,14 @@
 
 minicoat is channels-last and stores kernels input-first; PyTorch stores them output-first:
 
-=============  ===============================  ==================================
-kind           minicoat                         timm (PyTorch)
-=============  ===============================  ==================================
-``copy``       any                              the same
-``conv``       ``(kh, kw, C_in, C_out)``        ``(C_out, C_in, kh, kw)``
-``depthwise``  ``(kh, kw, C)``                  ``(C, 1, kh, kw)``
-``conv1x1``    ``(C_in, C_out)``                ``(C_out, C_in, 1, 1)`` (a 1x1 ``Conv2d``)
-``linear``     ``(C_in, C_out)``                ``(C_out, C_in)`` (an ``nn.Linear``)
-``qkv``        ``(C_in, 3 D)``, ``[q | k | v]``  ``(3 D, C_in, 1, 1)``, ``[h: q, k, v]``
-``qkv_bias``   ``(3 D,)``, ``[q | k | v]``       ``(3 D,)``, ``[h: q, k, v]``
-``rel_bias``   ``(heads, L)``                   ``(L, heads)``
-=============  ===============================  ==================================
+* ``copy``: any shape, the same in both;
+* ``conv``: ``(kh, kw, C_in, C_out)`` <-> ``(C_out, C_in, kh, kw)``;
+* ``depthwise``: ``(kh, kw, C)`` <-> ``(C, 1, kh, kw)``;
+* ``conv1x1``: ``(C_in, C_out)`` <-> ``(C_out, C_in, 1, 1)`` (a 1x1 ``Conv2d``);
+* ``linear``: ``(C_in, C_out)`` <-> ``(C_out, C_in)`` (an ``nn.Linear``);
+* ``qkv``: ``(C_in, 3 D)`` with columns ``[q | k | v]`` <-> ``(3 D, C_in, 1, 1)`` with rows
+  ``[h: q, k, v]``; ``qkv_bias``: ``(3 D,)``, the same orders;
+* ``rel_bias``: ``(heads, L)`` <-> ``(L, heads)``.
 
 timm's qkv projection is *head-interleaved* (``head_first=True`` in ``Attention2d``): its
 ``3 D`` outputs run over ``(head, part, d)`` with part = q, k, v, while minicoat's run over
