@@ -113,6 +113,7 @@ def test_train_mode_and_every_gradient_match(name, size):
     assert_trees_close(grads, theirs_grads, TOL, "gradient", "minicoat", "timm")
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning:timm.layers.interpolate")  # timm's own code
 def test_resized_tables_and_model_match_timm():
     """timm's ``resize_rel_pos_bias_table`` and ours agree (timm interpolates in float32:
     1e-6), and a timm model loaded at another size through timm's own checkpoint filter
