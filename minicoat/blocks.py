@@ -53,8 +53,7 @@ def norm_spec(c):
 
 def _shortcut_spec(block):
     """Projection on the shortcut when the block changes width or resolution, else nothing."""
-    changes = block.stride != 1 or block.c_in != block.c_out
-    return {"proj": dense(block.c_in, block.c_out)} if changes else {}
+    return {"proj": dense(block.c_in, block.c_out)} if block.proj else {}
 
 
 def _pool(x, pool):
@@ -121,7 +120,7 @@ def mbconv_forward(p, state, x, block, cfg, train):
     h, new_state["norm2"] = batch_norm_gelu(
         h, **p["norm2"], running=state["norm2"], train=train, approximate=cfg.gelu
     )
-    h = squeeze_excitation(h, p["se"], cfg.gelu)
+    h = squeeze_excitation(h, p["se"], cfg.gelu, cfg.se_act)
     h = conv1x1(h, p["project"]["w"], p["project"]["b"])  # (N, H', W', C_out)
     return _shortcut(p, x, block.stride, cfg.pool) + h, new_state
 
@@ -154,11 +153,11 @@ def transformer_forward(p, x, block, cfg):
     ``x <- shortcut(x) + Attention(Pool(LN(x)))`` (pool only when stride 2), then
     ``x <- x + FFN(LN(x))`` with ``FFN(z) = GELU(z W1 + b1) W2 + b2``.
     """
-    h = layer_norm(x, **p["norm1"])
+    h = layer_norm(x, **p["norm1"], eps=cfg.ln_eps)
     if block.stride == 2:
         h = _pool(h, cfg.pool)
     attention = relative_attention(h, p["attn"], block.heads, cfg.variant)
     x = _shortcut(p, x, block.stride, cfg.pool) + attention
-    h = layer_norm(x, **p["norm2"])
+    h = layer_norm(x, **p["norm2"], eps=cfg.ln_eps)
     h = gelu(linear(h, p["ffn"]["fc1"]["w"], p["ffn"]["fc1"]["b"]), cfg.gelu)
     return x + linear(h, p["ffn"]["fc2"]["w"], p["ffn"]["fc2"]["b"])

@@ -1,4 +1,4 @@
-"""The ``minicoat`` command: train, evaluate, bench, study, assignments.
+"""The ``minicoat`` command: train, evaluate, bench, study, assignments, convert.
 
 ``minicoat train`` with no arguments trains the ``coatnet-digits`` preset on the 8x8 UCI
 digits that ship inside the package, so it needs no network and no data files.
@@ -154,19 +154,24 @@ def build_parser():
     e.add_argument("--split", choices=("test", "val", "train"), default="test")
     e.add_argument("--out", default=None, metavar="DIR", type=_path,
                    help="where to write confusion.png (default: the checkpoint's folder)")
+    e.add_argument("--image-size", type=_positive_int, nargs="+", default=None, metavar="H [W]",
+                   help="run the model at this size: its relative-bias tables are resized, the "
+                        "images resized bilinearly (docs/timm.md, 'Any resolution')")
     _add_implementation_argument(e)
 
     for name, help_text in (
         ("bench", "time NumPy against the PyTorch twin (op by op and a training step)"),
         ("study", "run experiments, e.g. `minicoat study layouts` (the paper's section 2.2)"),
         ("assignments", "build course assignments: `minicoat assignments build OUT`"),
+        ("convert", "timm .safetensors <-> minicoat .npz: `minicoat convert IN OUT`"),
     ):
         p = sub.add_parser(name, help=help_text, add_help=False)
         p.add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
 
-PASSTHROUGH = ("bench", "study", "assignments")  # commands with their own argument parsers
+# commands with their own argument parsers
+PASSTHROUGH = ("bench", "study", "assignments", "convert")
 
 
 def main(argv=None):
@@ -228,6 +233,8 @@ def _passthrough(command, argv):
         from .bench import main as command_main
     elif command == "study":
         from .study import main as command_main
+    elif command == "convert":
+        from .interop.convert import main as command_main
     else:
         from .assignments.build import main as command_main
     return command_main(argv)
@@ -334,7 +341,16 @@ def _evaluate(args):
     check_compatible(ckpt.config, data)
     x, y = {"test": (data.x_test, data.y_test), "val": (data.x_val, data.y_val),
             "train": (data.x_train, data.y_train)}[args.split]
-    loss, accuracy, predictions = evaluate(ckpt.params, ckpt.state, x, y, ckpt.config)
+    params, config = ckpt.params, ckpt.config
+    if args.image_size:
+        from .interop.resize import resize_images, resize_rel_bias
+
+        if len(args.image_size) > 2:
+            raise ValueError(f"--image-size takes H or H W, got {args.image_size}")
+        size = tuple(args.image_size) * (2 // len(args.image_size))
+        params, config = resize_rel_bias(params, config, size)
+        x = resize_images(x, size)
+    loss, accuracy, predictions = evaluate(params, ckpt.state, x, y, config)
     matrix = confusion_matrix(y, predictions, data.num_classes)
     out = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
     os.makedirs(out, exist_ok=True)

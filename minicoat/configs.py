@@ -42,8 +42,22 @@ class CoAtNetConfig:
         head_dim: attention head size (paper: 32); heads = block width / head_dim.
         mbconv_expand: MBConv inverted-bottleneck expansion (paper: 4), of the output width.
         ffn_expand: Transformer FFN expansion (paper: 4).
-        se_ratio: squeeze-excitation bottleneck, as a fraction of the block's input width
-            (paper: 0.25, following EfficientNet).
+        se_ratio: squeeze-excitation bottleneck, as a fraction of the width ``se_basis``
+            names (paper: 0.25, following EfficientNet).
+        se_basis: the width ``se_ratio`` is a fraction of: ``"input"``, the block's input
+            width (EfficientNet's rule, minicoat's default) or ``"output"``, its output width
+            (timm's CoAtNets: ``rd_ratio`` of ``out_chs`` in ``MbConvBlock``). They differ only
+            in the first block of a stage.
+        se_act: squeeze-excitation's hidden activation, ``"gelu"`` (GELU everywhere, paper
+            appendix A.1) or ``"silu"`` (EfficientNet's SE, and timm's ``attn_act_layer``).
+        shortcut_proj: when a block's shortcut has a 1x1 projection: ``"always"`` for every
+            block that downsamples or widens (paper: ``Proj(Pool(x))``) or ``"width"`` only
+            when the width changes, a pool alone otherwise (timm's ``Downsample2d``; it
+            matters where a stage keeps its input's width, CoAtNet-2's and -3's S1).
+        stem_bias: whether the stem's last 3x3 convolution has a bias (minicoat's default:
+            it feeds S1 with no norm in between); timm's CoAtNets have none (``stem_bias``).
+        ln_eps: LayerNorm's epsilon in the Transformer blocks and the head (PyTorch's
+            default 1e-5; timm's CoAtNets use 1e-6).
         variant: "pre" (sum-then-softmax, the paper's choice) or "post" (softmax-then-sum).
         pool: shortcut pool of downsampling blocks: "max" (paper) or "avg" (timm).
         stride_at: where an MBConv downsampling block strides: "expand" (the first 1x1
@@ -64,6 +78,11 @@ class CoAtNetConfig:
     mbconv_expand: int = 4
     ffn_expand: int = 4
     se_ratio: float = 0.25
+    se_basis: str = "input"
+    se_act: str = "gelu"
+    ln_eps: float = 1e-5
+    shortcut_proj: str = "always"
+    stem_bias: bool = True
     variant: str = "pre"
     pool: str = "max"
     stride_at: str = "expand"
@@ -99,7 +118,15 @@ class CoAtNetConfig:
         se = self.se_ratio
         if isinstance(se, bool) or not isinstance(se, numbers.Real) or not math.isfinite(se):
             raise ValueError(f"se_ratio must be a finite number in (0, 1], got {se!r}")
-        for name in ("name", "layout", "variant", "pool", "stride_at", "gelu"):
+        eps = self.ln_eps
+        if (isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not math.isfinite(eps)
+                or not 0 < eps < 1):
+            raise ValueError(f"ln_eps must be a positive number below 1, got {eps!r}")
+        object.__setattr__(self, "ln_eps", float(eps))
+        if not isinstance(self.stem_bias, bool):
+            raise ValueError(f"stem_bias must be True or False, got {self.stem_bias!r}")
+        for name in ("name", "layout", "variant", "pool", "stride_at", "gelu", "se_basis",
+                     "se_act", "shortcut_proj"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
         self.validate()
@@ -174,6 +201,9 @@ class CoAtNetConfig:
             "pool": ("max", "avg"),
             "stride_at": ("expand", "depthwise"),
             "gelu": ("none", "tanh"),
+            "se_basis": ("input", "output"),
+            "se_act": ("gelu", "silu"),
+            "shortcut_proj": ("always", "width"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -35,9 +35,10 @@ from .tree import flatten
 # -- specs ----------------------------------------------------------------------------------
 
 
-def _stem_spec(stem):
-    """S0's parameters: 3x3 convolutions with BN + GELU between them (the last one has a bias and
-    no norm: the first block of S1 normalises its input), or VIT_REL's patchifying layer."""
+def _stem_spec(stem, bias=True):
+    """S0's parameters: 3x3 convolutions with BN + GELU between them (the last one has a bias,
+    unless ``bias`` is False as in timm, and no norm: the first block of S1 normalises its
+    input), or VIT_REL's patchifying layer."""
     if stem[0].kind == "patch":
         return {"patch": blocks.dense(stem[0].stride ** 2 * stem[0].c_in, stem[0].c_out)}
     spec = {}
@@ -47,7 +48,8 @@ def _stem_spec(stem):
             "w": ("normal", (3, 3, block.c_in, block.c_out), fan_in**-0.5)
         }
         if block is stem[-1]:
-            conv["b"] = ("zeros", (block.c_out,))
+            if bias:
+                conv["b"] = ("zeros", (block.c_out,))
         else:
             spec[f"norm{block.index}"] = blocks.norm_spec(block.c_out)
     return spec
@@ -57,7 +59,7 @@ def param_spec(config):
     """The parameter tree of ``config`` with leaves ``("normal", shape, std)``,
     ``("zeros", shape)`` or ``("ones", shape)``: what ``init_params`` draws."""
     layers = plan(config)
-    spec = {"stem": _stem_spec(stage_blocks(layers, 0))}
+    spec = {"stem": _stem_spec(stage_blocks(layers, 0), config.stem_bias)}
     for block in layers:
         if block.stage > 0:
             stage, name = block.keys
@@ -253,7 +255,7 @@ def forward(params, state, x, config, train=False, check=True):
         else:
             h = blocks.transformer_forward(params[stage][name], h, block, config)
     head = params["head"]
-    features = layer_norm(global_avg_pool(h), **head["norm"])  # (N, C4)
+    features = layer_norm(global_avg_pool(h), **head["norm"], eps=config.ln_eps)  # (N, C4)
     if "pre_logits" in head:  # (N, head_hidden)
         features = np.tanh(linear(features, head["pre_logits"]["w"], head["pre_logits"]["b"]))
     return linear(features, head["w"], head["b"]), new_state
@@ -289,7 +291,7 @@ def count_flops(config):
         if block.kind == "stem":
             flops += tokens * 9 * c_in * c_out
             continue
-        if block.stride != 1 or c_in != c_out:
+        if block.proj:
             flops += tokens * c_in * c_out  # shortcut projection
         if block.kind == "C":
             mid = block.expanded

@@ -39,8 +39,12 @@ class Block(NamedTuple):
         expanded: the inner width, ``c_out * mbconv_expand`` for MBConv (the expansion of the
             output width, as timm's CoAtNet), ``c_out * ffn_expand`` for the Transformer's FFN;
             0 for the stem.
-        se: MBConv's squeeze-excitation width, ``max(1, int(c_in * se_ratio))``; 0 otherwise.
+        se: MBConv's squeeze-excitation width, ``max(1, int(c * se_ratio))`` with ``c`` the
+            input width (``se_basis="input"``) or the output width (``"output"``); 0 otherwise.
         heads: the Transformer's attention heads, ``c_out // head_dim``; 0 otherwise.
+        proj: whether its shortcut has a 1x1 projection (``Proj(Pool(x))``): when it
+            downsamples or widens (``shortcut_proj="always"``), or only when it widens
+            (``"width"``); False for the stem.
     """
 
     name: str
@@ -55,6 +59,7 @@ class Block(NamedTuple):
     expanded: int = 0
     se: int = 0
     heads: int = 0
+    proj: bool = False
 
     @property
     def keys(self):
@@ -71,11 +76,15 @@ def make_block(config, kind, c_in, c_out, stride, grid_in, stage=1, index=0):
     grid_out = (-(-grid_in[0] // stride), -(-grid_in[1] // stride))  # ceil(grid / stride)
     common = (f"s{stage}.block{index}", stage, index, kind, c_in, c_out, stride,
               tuple(grid_in), grid_out)
+    widens = c_in != c_out
+    proj = widens or (stride != 1 and config.shortcut_proj == "always")
     if kind == "C":
+        basis = c_in if config.se_basis == "input" else c_out
         return Block(*common, expanded=c_out * config.mbconv_expand,
-                     se=max(1, int(c_in * config.se_ratio)))
+                     se=max(1, int(basis * config.se_ratio)), proj=proj)
     if kind == "T":
-        return Block(*common, expanded=c_out * config.ffn_expand, heads=c_out // config.head_dim)
+        return Block(*common, expanded=c_out * config.ffn_expand, heads=c_out // config.head_dim,
+                     proj=proj)
     raise ValueError(f"a block's kind is 'C' (MBConv) or 'T' (Transformer), got {kind!r}")
 
 

@@ -224,6 +224,12 @@ def _sigmoid(g):
     return Case(mc.sigmoid, oracle.sigmoid, {"x": x})
 
 
+@case("silu")
+def _silu(g):
+    x = g.normal(g.batch(), g.size(), g.channels(), scale=4.0)
+    return Case(mc.silu, oracle.silu, {"x": x})
+
+
 def _softmax(g, ours, theirs):
     axis = g.one_of(-1, 0, 1)
     return Case(

@@ -366,5 +366,8 @@ def test_plan_follows_the_papers_rules_block_by_block():
         "s4.block1": ("T", 768, 768, 1, (7, 7), (7, 7), 3072, 0, 24),
     }
     for name, fields in expected.items():
-        assert tuple(blocks_[name])[3:] == fields, f"{name}: plan {blocks_[name]} != {fields}"
+        assert tuple(blocks_[name])[3:12] == fields, f"{name}: plan {blocks_[name]} != {fields}"
+        # a shortcut projection exactly where the block downsamples or widens
+        block = blocks_[name]
+        assert block.proj == (block.kind != "stem" and block.stride == 2), name
     assert mc.count_params(mc.config("coatnet-0")) == 24_993_844  # timm, SE of C_out: 25.04M

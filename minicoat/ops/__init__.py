@@ -7,7 +7,7 @@ function, which checks its arguments and runs the implementation selected by
 ``minicoat/kernels/``; nothing here imports them.
 """
 
-from .activations import gelu, log_softmax, sigmoid, softmax
+from .activations import gelu, log_softmax, sigmoid, silu, softmax
 from .attention import attention_core, gather_rel_bias, relative_attention, relative_position_index
 from .autodiff import make_vjp, value_and_grad
 from .conv import conv1x1, conv2d, depthwise_conv2d, linear
@@ -38,6 +38,7 @@ __all__ = [
     "relative_attention",
     "relative_position_index",
     "sigmoid",
+    "silu",
     "softmax",
     "squeeze_excitation",
     "value_and_grad",

@@ -5,6 +5,9 @@ GELU (Hendrycks & Gimpel), the activation of every CoAtNet block (paper, appendi
     GELU(x) = x Phi(x) = 0.5 x (1 + erf(x / sqrt 2))                  (exact)
             ~ 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))       (approximate="tanh")
 
+SiLU (Swish, Ramachandran et al. 2017; Elfwing et al. 2018), ``x sigmoid(x)``, is the activation
+timm's CoAtNets use inside squeeze-excitation (the EfficientNet choice); GELU everywhere else.
+
 Softmax turns the attention logits of a row into weights that sum to one. Every constant below
 is a Python float: NumPy treats those as "weak" scalars that take the array's dtype, while a
 NumPy float64 constant would silently turn a float32 array into float64.
@@ -102,6 +105,32 @@ def sigmoid(x):
     """
     check_float("x", x)
     return _sigmoid(x)
+
+
+# -- SiLU -----------------------------------------------------------------------------------
+
+
+def silu_traced(x):
+    """``x sigmoid(x)`` (shapes as ``silu``)."""
+    return x * sigmoid_traced(x)
+
+
+def silu_backward(g, x):
+    """``d/dx [x s(x)] = s + x s (1 - s)`` with ``s = sigmoid(x)``; returns ``(dx,)``."""
+    s = sigmoid_traced(x)
+    return (g * (s + x * s * (1.0 - s)),)
+
+
+_silu = dispatch("silu", traced=silu_traced, readable=with_vjp(silu_traced, silu_backward))
+
+
+def silu(x):
+    """Sigmoid linear unit (Swish), ``x * sigmoid(x)`` (PyTorch ``F.silu``).
+
+    Args: x: any shape, float32 or float64. Returns: same shape and dtype.
+    """
+    check_float("x", x)
+    return _silu(x)
 
 
 # -- softmax and log-softmax ----------------------------------------------------------------

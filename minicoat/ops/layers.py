@@ -9,28 +9,34 @@ import autograd.numpy as np
 import numpy as onp
 from autograd.tracer import getval
 
-from .activations import gelu, log_softmax, sigmoid, softmax_traced
+from .activations import gelu, log_softmax, sigmoid, silu, softmax_traced
 from .checks import check_float
 from .conv import linear
 from .pooling import global_avg_pool
 from .switch import dispatch, with_vjp
 
 
-def squeeze_excitation(x, p, approximate="none"):
+def squeeze_excitation(x, p, approximate="none", act="gelu"):
     """Squeeze-and-excitation, the channel gate inside MBConv.
 
-    ``s = mean_{H,W}(x)``; ``gate = sigmoid(gelu(s @ w_reduce + b_reduce) @ w_expand + b_expand)``;
+    ``s = mean_{H,W}(x)``; ``gate = sigmoid(act(s @ w_reduce + b_reduce) @ w_expand + b_expand)``;
     ``y = x * gate`` broadcast over H and W.
 
     Args:
         x: ``(N, H, W, C)``.
         p: ``{"w_reduce": (C, R), "b_reduce": (R,), "w_expand": (R, C), "b_expand": (C,)}``.
+        approximate: the GELU's (``"none"`` or ``"tanh"``), when ``act="gelu"``.
+        act: the hidden activation, ``"gelu"`` (minicoat's default: GELU everywhere, paper
+            appendix A.1) or ``"silu"`` (EfficientNet's SE, and timm's CoAtNets).
 
     Returns:
         ``(N, H, W, C)``.
     """
+    if act not in ("gelu", "silu"):
+        raise ValueError(f"act must be 'gelu' or 'silu', got {act!r}")
     squeezed = global_avg_pool(x)  # (N, C)
-    hidden = gelu(linear(squeezed, p["w_reduce"], p["b_reduce"]), approximate)  # (N, R)
+    hidden = linear(squeezed, p["w_reduce"], p["b_reduce"])  # (N, R)
+    hidden = gelu(hidden, approximate) if act == "gelu" else silu(hidden)
     gate = sigmoid(linear(hidden, p["w_expand"], p["b_expand"]))  # (N, C)
     return x * gate[:, None, None, :]
 

@@ -38,10 +38,10 @@ def _gelu(cfg):
 class Shortcut(nn.Module):
     """Identity, or ``Proj(Pool(x))`` with a 1x1 convolution named ``proj``."""
 
-    def __init__(self, c_in, c_out, stride, cfg):
+    def __init__(self, c_in, c_out, stride, cfg, proj):
         super().__init__()
         self.pool = _pool(cfg.pool) if stride == 2 else nn.Identity()
-        self.has_proj = stride != 1 or c_in != c_out
+        self.has_proj = proj
         if self.has_proj:
             self.proj = nn.Conv2d(c_in, c_out, 1)
 
@@ -55,7 +55,7 @@ class SqueezeExcite(nn.Module):
         super().__init__()
         self.reduce = nn.Linear(c, reduced)
         self.expand = nn.Linear(reduced, c)
-        self.act = _gelu(cfg)
+        self.act = _gelu(cfg) if cfg.se_act == "gelu" else nn.SiLU()
 
     def forward(self, x):  # (N, C, H, W)
         s = x.mean(dim=(2, 3))
@@ -71,7 +71,7 @@ class MBConv(nn.Module):
         c_in, c_out, mid, stride = block.c_in, block.c_out, block.expanded, block.stride
         expand_stride = stride if cfg.stride_at == "expand" else 1
         dw_stride = stride if cfg.stride_at == "depthwise" else 1
-        self.shortcut = Shortcut(c_in, c_out, stride, cfg)
+        self.shortcut = Shortcut(c_in, c_out, stride, cfg, block.proj)
         self.pre_norm = nn.BatchNorm2d(c_in)
         self.expand = nn.Conv2d(c_in, mid, 1, stride=expand_stride, bias=False)
         self.norm1 = nn.BatchNorm2d(mid)
@@ -131,11 +131,11 @@ class Transformer(nn.Module):
     def __init__(self, block, cfg):
         super().__init__()
         c_in, c_out, stride = block.c_in, block.c_out, block.stride
-        self.shortcut = Shortcut(c_in, c_out, stride, cfg)
-        self.norm1 = nn.LayerNorm(c_in)
+        self.shortcut = Shortcut(c_in, c_out, stride, cfg, block.proj)
+        self.norm1 = nn.LayerNorm(c_in, eps=cfg.ln_eps)
         self.pool = _pool(cfg.pool) if stride == 2 else nn.Identity()
         self.attn = RelativeAttention(c_in, c_out, block.heads, block.grid_out, cfg.variant)
-        self.norm2 = nn.LayerNorm(c_out)
+        self.norm2 = nn.LayerNorm(c_out, eps=cfg.ln_eps)
         self.ffn = nn.ModuleDict(
             {"fc1": nn.Linear(c_out, block.expanded), "fc2": nn.Linear(block.expanded, c_out)}
         )
@@ -149,9 +149,9 @@ class Transformer(nn.Module):
 
 
 class Head(nn.Module):
-    def __init__(self, width, hidden, classes):
+    def __init__(self, width, hidden, classes, eps):
         super().__init__()
-        self.norm = nn.LayerNorm(width)
+        self.norm = nn.LayerNorm(width, eps=eps)
         if hidden:
             self.pre_logits = nn.Linear(width, hidden)
             width = hidden
@@ -179,7 +179,8 @@ class TorchCoAtNet(nn.Module):
             else:  # 3x3 convolutions, BN between them; the last one has a bias instead
                 last = block.index == len(stage_blocks(layers, 0)) - 1
                 stem[f"conv{block.index}"] = nn.Conv2d(
-                    block.c_in, block.c_out, 3, block.stride, padding=1, bias=last
+                    block.c_in, block.c_out, 3, block.stride, padding=1,
+                    bias=last and config.stem_bias,
                 )
                 if not last:
                     stem[f"norm{block.index}"] = nn.BatchNorm2d(block.c_out)
@@ -194,7 +195,8 @@ class TorchCoAtNet(nn.Module):
                 self.stage_names.append(stage)
             make = MBConv if block.kind == "C" else Transformer
             getattr(self, stage)[name] = make(block, config)
-        self.head = Head(config.channels[4], config.head_hidden, config.num_classes)
+        self.head = Head(config.channels[4], config.head_hidden, config.num_classes,
+                         config.ln_eps)
         self.act = _gelu(config)
 
     def forward(self, x):

@@ -183,6 +183,11 @@ def sigmoid(x):
     return torch.sigmoid(x)
 
 
+def silu(x):
+    """``F.silu``."""
+    return F.silu(x)
+
+
 def softmax(x, axis=-1):
     """``torch.softmax`` along ``axis``."""
     return torch.softmax(x, dim=axis)
