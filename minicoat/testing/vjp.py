@@ -90,7 +90,9 @@ def vjpcheck(f, vjp, *args, argnums=None, upstream=None, mode="directional", dir
     args = tree.with_values(tree.values)  # float64 copies
     upstream = _upstream(getval(f(*args)), upstream, seed)
     given = vjp(upstream, *args)
-    given = given if isinstance(given, (tuple, list)) else (given,)
+    given = list(given) if isinstance(given, (tuple, list)) else [given]
+    while len(given) > len(args) and given[-1] is None:
+        given.pop()  # the None of an argument left at its default (a norm's eps)
     if len(given) == len(args) and len(args) != len(tree.argnums):
         given = [given[i] for i in tree.argnums]
     elif len(given) != len(tree.argnums):
