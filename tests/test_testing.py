@@ -228,8 +228,9 @@ def test_every_small_preset_passes_directionally(name):
     report = gradcheck(loss, params)
     whole = report.leaves[0]
     assert whole.name == "(tree)" and len(whole.probes) == 3 and report.evaluations == 1 + 3 * 4
-    # the budget is the round-off term: truncation is ~1e-6 of it at eps = 1e-6
-    assert onp.all(whole.truncation < 1e-3 * whole.round_off), report
+    # round-off dominates the budget at eps = 1e-6: truncation is ~1e-6 of it on the digits,
+    # up to a few % on cifar, where a max-pool kink lies within the wide step h = 1e-3
+    assert onp.all(whole.truncation < 0.1 * whole.round_off), report
 
 
 @pytest.mark.parametrize("impl", ["readable", "fast"])
