@@ -78,9 +78,22 @@ def round_off(eps, f_scale):
     return MACHINE_EPS * onp.asarray(f_scale) / eps
 
 
-def budget(eps, d_eps, d_wide, f_scale):
-    """``(truncation, round_off)``: the two terms of the error budget of ``D(eps)``."""
-    return truncation(eps, d_eps, d_wide), round_off(eps, f_scale)
+def noise(eps, at_x, at_eps, at_wide):
+    """The rounding noise of ``f`` near ``x``, measured, divided by ``eps``.
+
+    The even part of ``phi`` is smooth, ``(phi(t) + phi(-t)) / 2 - phi(0) = phi'' t^2 / 2 +
+    O(t^4)``: its value at ``eps`` predicted from the one at ``h`` (times ``eps^2 / h^2``) leaves
+    only the rounding errors of the three evaluations at ``0, +-eps``. For ``f`` computed to
+    full precision this is ~``machine_eps |f|``; where ``f`` loses digits in its own
+    evaluation (``1 + erf(x)`` for x near -4 loses five) it is what the difference suffers.
+
+    Args:
+        at_x: ``phi(0)``; at_eps, at_wide: ``(phi(eps), phi(-eps))``, ``(phi(h), phi(-h))``.
+    """
+    h = wide_step(eps)
+    even_eps = (at_eps[0] + at_eps[1]) / 2 - at_x
+    even_wide = (at_wide[0] + at_wide[1]) / 2 - at_x
+    return abs(even_eps - even_wide * eps**2 / h**2) / eps
 
 
 def miss_probability(error_norm, tolerance, n, directions=3):

@@ -20,7 +20,7 @@ import time
 import numpy as onp
 
 from ..ops.autodiff import value_and_grad
-from .budget import EPS, MACHINE_EPS, SAFETY, truncation, wide_step
+from .budget import EPS, SAFETY, noise, round_off, truncation, wide_step
 from .report import GradcheckReport, LeafResult
 from .trees import Leaves
 
@@ -88,7 +88,6 @@ def gradcheck(f, *args, argnums=0, mode="directional", directions=3, eps=EPS, at
     evaluate(tree.values)  # a scalar? (before autograd's less telling complaint)
     grads = tree.leaves_of(_ours(f, tree, gradient), "the gradient")
     prober = Prober(evaluate, tree.values, grads, eps)
-    prober.calls = 1
     report = run_probes(prober, tree, chosen, mode, directions, seed, per_leaf, atol, rtol)
     report.what, report.seconds = what, time.perf_counter() - start
     return report.raise_if_failed() if raises else report
@@ -124,16 +123,18 @@ class Prober:
     """Centred differences of ``evaluate`` along given directions, and their budget.
 
     ``evaluate(values) -> (value, magnitude)`` for a list of one array per leaf; ``grads``
-    are ours, one array per leaf.
+    are ours, one array per leaf. ``f(x)`` itself is evaluated once, for the rounding noise.
     """
 
     def __init__(self, evaluate, values, grads, eps):
         self.evaluate, self.values, self.grads, self.eps = evaluate, values, grads, eps
-        self.calls = 0
+        self.at_x = evaluate(values)[0]
+        self.calls = 1
 
     def probe(self, direction):
-        """``(ours, numeric, truncation, round_off)`` along ``direction``: one array per leaf
-        (``None`` for a leaf that does not move)."""
+        """``(ours, numeric, truncation, round-off model, measured noise)`` along
+        ``direction`` (one array per leaf, ``None`` for a leaf that does not move); the last
+        two are already divided by ``eps`` (``budget.round_off``, ``budget.noise``)."""
         eps, h = self.eps, wide_step(self.eps)
         plus, minus = self._moved(direction, eps), self._moved(direction, -eps)
         (f_plus, m_plus), (f_minus, m_minus) = self.evaluate(plus), self.evaluate(minus)
@@ -147,7 +148,8 @@ class Prober:
             if d is not None
         ) / (2 * eps)
         trunc = float(truncation(eps, numeric, (w_plus - w_minus) / (2 * h)))
-        return ours, numeric, trunc, MACHINE_EPS * max(m_plus, m_minus) / eps
+        measured = noise(eps, self.at_x, (f_plus, f_minus), (w_plus, w_minus))
+        return ours, numeric, trunc, float(round_off(eps, max(m_plus, m_minus))), measured
 
     def _moved(self, direction, t):
         return [v if d is None else v + t * d for v, d in zip(self.values, direction, strict=True)]
@@ -157,7 +159,8 @@ def run_probes(prober, tree, chosen, mode, directions, seed, per_leaf, atol, rto
     """Probe the chosen leaves as ``mode`` says; returns the (unnamed) report."""
     def result(name, shape, probes, rows):
         columns = zip(*rows, strict=True)
-        ours, numeric, trunc, rnd = (onp.array(col, dtype=onp.float64) for col in columns)
+        ours, numeric, trunc, model, measured = (onp.array(c, onp.float64) for c in columns)
+        rnd = onp.maximum(model, measured.max())  # the noise of f near x: pooled over the leaf
         tol = SAFETY * (trunc + rnd) if atol is None else onp.full_like(ours, float(atol))
         tol = tol + (rtol or 0.0) * onp.abs(numeric)
         return LeafResult(name, shape, probes, ours, numeric, trunc, rnd, tol)
