@@ -25,9 +25,16 @@ divided by ``h^2``, costs the truncation estimate nothing (times ``eps^2``: ~1e-
 (ReLU, max) within ``h`` of ``x`` shows up as a large ``phi'''``, so the budget grows instead of
 a false alarm.
 
-The tolerance is the budget times ``SAFETY = 10``: the round-off term counts one rounding
-per evaluation of ``f``, and a network's forward pass accumulates several (measured on the
-preset networks: the error is 0.01-0.5 of the unscaled budget, ``notebooks/08``).
+``machine_eps |f|`` assumes ``f`` is computed to full precision. A function that loses digits
+in its own evaluation (GELU's ``1 + erf(x / sqrt 2)`` near ``x = -4`` loses five) is noisier,
+and the same five evaluations measure by how much: the even part ``(phi(t) + phi(-t)) / 2 -
+phi(0)`` is ``phi'' t^2 / 2`` plus rounding, so its value at ``eps`` less ``eps^2 / h^2`` times its
+value at ``h`` is the rounding noise alone (``noise``). The round-off term is the larger of the
+two, the noise taken as its largest over the probes of a leaf (one sample each).
+
+The tolerance is the budget times ``SAFETY = 10``: the rounding of ``f`` is a sum of many
+small errors and the model counts their typical size (measured on ``coatnet-digits``: the
+error is ~0.5 of the unscaled budget, at most ~2 over 60 directions; ``notebooks/08``).
 
 **Which mistakes a random direction misses.** Let ``e`` be the error of a gradient (ours minus
 the true one) over ``n`` numbers. Along a direction ``d`` drawn uniformly from the unit sphere
@@ -39,9 +46,10 @@ within the tolerance ``tau``, that is ``|t| <= s = tau / |e|``::
 
 (``I`` the regularised incomplete beta function), and ``k`` independent directions all miss
 with probability ``P^k``. For a real mistake ``|e|`` is a sizeable part of ``|grad|`` while
-``tau`` is ~1e-9 of it: with the default three directions the miss probability is below
-1e-20. ``miss_probability`` computes it; ``tests/test_testing.py`` checks it against
-observed miss rates on errors made just large enough to be caught about half the time.
+``tau`` is ~1e-9 of it: with the default three directions the miss probability of each of
+the mistakes in ``tests/test_testing.py`` is below 1e-13. ``miss_probability`` computes it;
+the same tests check it against observed miss rates, on errors made just large enough to be
+caught about half the time.
 """
 
 import math
