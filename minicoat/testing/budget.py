@@ -30,7 +30,10 @@ in its own evaluation (GELU's ``1 + erf(x / sqrt 2)`` near ``x = -4`` loses five
 and the same five evaluations measure by how much: the even part ``(phi(t) + phi(-t)) / 2 -
 phi(0)`` is ``phi'' t^2 / 2`` plus rounding, so its value at ``eps`` less ``eps^2 / h^2`` times its
 value at ``h`` is the rounding noise alone (``noise``). The round-off term is the larger of the
-two, the noise taken as its largest over the probes of a leaf (one sample each).
+two, the noise taken as its largest over all the probes of a check (one sample each): 3,000
+random sums ``sum(c * tanh(2 x))``, where ``|f|`` is far below the size of its terms, gave no
+false alarm (at worst 0.76 of the tolerance), where ``machine_eps |f| / eps`` alone is exceeded
+12-fold (``notebooks/08``).
 
 The tolerance is the budget times ``SAFETY = 10``: the rounding of ``f`` is a sum of many
 small errors and the model counts their typical size (measured on ``coatnet-digits``: the

@@ -157,10 +157,10 @@ class Prober:
 
 def run_probes(prober, tree, chosen, mode, directions, seed, per_leaf, atol, rtol):
     """Probe the chosen leaves as ``mode`` says; returns the (unnamed) report."""
-    def result(name, shape, probes, rows):
+    def result(name, shape, probes, rows, noise_floor=0.0):
         columns = zip(*rows, strict=True)
         ours, numeric, trunc, model, measured = (onp.array(c, onp.float64) for c in columns)
-        rnd = onp.maximum(model, measured.max())  # the noise of f near x: pooled over the leaf
+        rnd = onp.maximum(model, max(measured.max(), noise_floor))  # the noise of f, pooled
         tol = SAFETY * (trunc + rnd) if atol is None else onp.full_like(ours, float(atol))
         tol = tol + (rtol or 0.0) * onp.abs(numeric)
         return LeafResult(name, shape, probes, ours, numeric, trunc, rnd, tol)
@@ -168,6 +168,7 @@ def run_probes(prober, tree, chosen, mode, directions, seed, per_leaf, atol, rto
     report = GradcheckReport(mode, prober.eps)
     n_leaves = len(tree.values)
     if mode == "elementwise":
+        pending = []
         for i in chosen:
             value = tree.values[i]
             rows, probes = [], []
@@ -177,7 +178,9 @@ def run_probes(prober, tree, chosen, mode, directions, seed, per_leaf, atol, rto
                 rows.append(prober.probe([basis if j == i else None for j in range(n_leaves)]))
                 index = onp.unravel_index(flat, value.shape)
                 probes.append("[" + ", ".join(str(int(i)) for i in index) + "]")
-            report.leaves.append(result(tree.names[i], value.shape, probes, rows))
+            pending.append((tree.names[i], value.shape, probes, rows))
+        pooled = max(row[4] for *_, rows in pending for row in rows)
+        report.leaves = [result(*leaf, noise_floor=pooled) for leaf in pending]
         report.evaluations = prober.calls
         return report
 
@@ -193,6 +196,7 @@ def run_probes(prober, tree, chosen, mode, directions, seed, per_leaf, atol, rto
                    [f"direction {k}" for k in range(directions)],
                    [prober.probe(d) for d in drawn])
     report.leaves.append(whole)
+    whole_noise = float(onp.max(whole.round_off))
     if n_leaves > 1 and (per_leaf or not whole.passed):
         # the same directions leaf by leaf (normalised): all of them, or the worst failed one
         again = range(directions) if per_leaf else [whole.worst]
@@ -203,6 +207,7 @@ def run_probes(prober, tree, chosen, mode, directions, seed, per_leaf, atol, rto
                 alone = [part / onp.linalg.norm(part) if j == i else None for j in range(n_leaves)]
                 rows.append(prober.probe(alone))
                 probes.append(f"direction {k}")
-            report.leaves.append(result(tree.names[i], tree.values[i].shape, probes, rows))
+            report.leaves.append(result(tree.names[i], tree.values[i].shape, probes, rows,
+                                        noise_floor=whole_noise))
     report.evaluations = prober.calls
     return report
