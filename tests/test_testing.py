@@ -249,9 +249,9 @@ def test_tiny_network_passes_entry_by_entry_and_leaf_by_leaf(layout, impl):
 
 def test_preset_leaves_pass_entry_by_entry():
     loss, params = _network(mc.config("coatnet-digits"))
-    report = gradcheck(loss, params, mode="elementwise", leaves=["head.b", "stem.conv0.b"])
-    assert [leaf.name for leaf in report.leaves] == ["head.b", "stem.conv0.b"]
-    assert report.leaves[0].rel_error < 1e-8, report
+    report = gradcheck(loss, params, mode="elementwise", leaves=["head.b", "s1.block0.se.b_reduce"])
+    assert [leaf.name for leaf in report.leaves] == ["head.b", "s1.block0.se.b_reduce"]
+    assert max(leaf.rel_error for leaf in report.leaves) < 1e-6, report
 
 
 def test_correct_vjps_of_the_teaching_tier_pass():

@@ -36,8 +36,8 @@ false alarm (at worst 0.76 of the tolerance), where ``machine_eps |f| / eps`` al
 12-fold (``notebooks/08``).
 
 The tolerance is the budget times ``SAFETY = 10``: the rounding of ``f`` is a sum of many
-small errors and the model counts their typical size (measured on ``coatnet-digits``: the
-error is ~0.5 of the unscaled budget, at most ~2 over 60 directions; ``notebooks/08``).
+small errors and the model counts their typical size (measured on ``coatnet-digits`` over 60
+directions: the error is a median 0.3 of the unscaled budget, at most 1.4).
 
 **Which mistakes a random direction misses.** Let ``e`` be the error of a gradient (ours minus
 the true one) over ``n`` numbers. Along a direction ``d`` drawn uniformly from the unit sphere
