@@ -3,7 +3,7 @@
 A centred difference ``(f(x + eps) - f(x - eps)) / (2 eps)`` has truncation error
 ``eps^2 |f'''| / 6`` and round-off error ``~machine_eps |f| / eps``. In float64 with
 ``eps = 1e-6`` the truncation term is ~1e-12 (for a third derivative of order one) and the
-round-off term ~2e-10 |f|, so a correct gradient agrees with the numeric one to about 1e-9
+round-off term ``~2e-10 |f|``, so a correct gradient agrees with the numeric one to about 1e-9
 relative or better (normwise); ``1e-6`` is a safe pass mark. In float32 the round-off term
 is ~1e-1: always check gradients in float64.
 

@@ -11,8 +11,8 @@ so it differs from the derivative ``phi'(0) = <grad f(x), d>`` by two terms:
   is of order one (exactly zero for a function linear or quadratic along ``d``);
 * **round-off**, ``machine_eps |f| / eps``: each evaluation of ``f`` carries a relative error
   of about ``machine_eps`` (2.2e-16 in float64), and the difference divides it by ``eps``:
-  ~2e-10 |f| for ``eps = 1e-6``. In float32 (``machine_eps`` = 1.2e-7) it is ~0.1 |f|: as
-  large as the derivative itself, which is why the checks refuse float32.
+  ``~2e-10 |f|`` for ``eps = 1e-6``. In float32 (``machine_eps`` = 1.2e-7) it is ``~0.1 |f|``:
+  as large as the derivative itself, which is why the checks refuse float32.
 
 Their sum is smallest near ``eps = (3 machine_eps |f| / |phi'''|)^(1/3)`` ~ 1e-5; 1e-6 keeps
 the truncation term well below the round-off one, so the budget does not hang on an estimate
@@ -21,9 +21,9 @@ of ``phi'''``. That estimate comes from a second, wider difference::
     D(h) - D(eps) = (h^2 - eps^2) phi''' / 6 + O(h^4),   h = sqrt(eps) (1e-3)
 
 two more evaluations of ``f`` per direction; its own round-off, ``machine_eps |f| / eps``
-divided by ``h^2``, costs the truncation estimate nothing (times ``eps^2``: ~1e-16 |f|). A kink
-(ReLU, max) within ``h`` of ``x`` shows up as a large ``phi'''``, so the budget grows instead of
-a false alarm.
+divided by ``h^2``, costs the truncation estimate nothing (times ``eps^2``: ``~1e-16 |f|``).
+A kink (ReLU, max) within ``h`` of ``x`` shows up as a large ``phi'''``, so the budget grows
+instead of a false alarm.
 
 ``machine_eps |f|`` assumes ``f`` is computed to full precision. A function that loses digits
 in its own evaluation (GELU's ``1 + erf(x / sqrt 2)`` near ``x = -4`` loses five) is noisier,
@@ -95,7 +95,7 @@ def noise(eps, at_x, at_eps, at_wide):
     The even part of ``phi`` is smooth, ``(phi(t) + phi(-t)) / 2 - phi(0) = phi'' t^2 / 2 +
     O(t^4)``: its value at ``eps`` predicted from the one at ``h`` (times ``eps^2 / h^2``) leaves
     only the rounding errors of the three evaluations at ``0, +-eps``. For ``f`` computed to
-    full precision this is ~``machine_eps |f|``; where ``f`` loses digits in its own
+    full precision this is about ``machine_eps |f|``; where ``f`` loses digits in its own
     evaluation (``1 + erf(x)`` for x near -4 loses five) it is what the difference suffers.
 
     Args:
