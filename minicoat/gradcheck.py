@@ -1,10 +1,14 @@
 """Gradient-check tools: finite differences and a relative error, for tests and students.
 
 A centred difference ``(f(x + eps) - f(x - eps)) / (2 eps)`` has truncation error
-``O(eps^2)`` and round-off error ``O(machine_eps / eps)``. In float64 with ``eps = 1e-6``
-both are around ``1e-10`` relative, so a correct gradient agrees with the numeric one to
-about ``1e-8`` or better (normwise); ``1e-6`` is a safe pass mark. In float32 the round-off
-term is ~1e-1: always check gradients in float64.
+``eps^2 |f'''| / 6`` and round-off error ``~machine_eps |f| / eps``. In float64 with
+``eps = 1e-6`` the truncation term is ~1e-12 (for a third derivative of order one) and the
+round-off term ``~2e-10 |f|``, so a correct gradient agrees with the numeric one to about 1e-9
+relative or better (normwise); ``1e-6`` is a safe pass mark. In float32 the round-off term
+is ~1e-1: always check gradients in float64.
+
+For whole functions of arrays or parameter trees, with the tolerance derived from this
+budget and a report of what is off, use ``minicoat.testing`` (``gradcheck``, ``vjpcheck``).
 """
 
 import numpy as onp
@@ -20,7 +24,7 @@ def numerical_gradient(f, x, eps=1e-6):
 
     Returns:
         float64 array shaped like ``x``: ``df/dx`` estimated one element at a time
-        (``2 * x.size`` calls to ``f``). Expected agreement with an exact gradient: ~1e-8.
+        (``2 * x.size`` calls to ``f``). Expected agreement with an exact gradient: ~1e-9.
     """
     x = onp.array(x, dtype=onp.float64)  # a private copy we may perturb
     if x.dtype != onp.float64:
@@ -49,7 +53,7 @@ def numerical_vjp(f, x, upstream, eps=1e-6):
         x: float64 array; upstream: float64 array shaped like ``f(x)``.
 
     Returns:
-        float64 array shaped like ``x``. Expected agreement with an exact VJP: ~1e-8.
+        float64 array shaped like ``x``. Expected agreement with an exact VJP: ~1e-9.
     """
     upstream = onp.asarray(upstream, dtype=onp.float64)
     return numerical_gradient(lambda z: onp.sum(onp.asarray(f(z)) * upstream), x, eps)
@@ -60,7 +64,7 @@ def rel_error(a, b):
 
     Unlike an element-wise ratio it is not thrown off by entries that happen to be near
     zero. Typical values: ~1e-16 for two float64 computations of the same thing in the same
-    order, ~1e-13 in a different order (NumPy vs PyTorch), ~1e-8 against finite differences.
+    order, ~1e-13 in a different order (NumPy vs PyTorch), ~1e-9 against finite differences.
     """
     a = onp.asarray(a, dtype=onp.float64)
     b = onp.asarray(b, dtype=onp.float64)

@@ -8,6 +8,7 @@ import pytest
 import minicoat as mc
 from minicoat.bench import peak_tracemalloc_mb
 from minicoat.kernels import autodiff
+from minicoat.testing import gradcheck
 from minicoat.tree import flatten
 
 
@@ -92,6 +93,26 @@ def test_gradient_tree_keeps_the_structure_with_unused_and_repeated_leaves():
         (grads["pair"][0], grads_ag["pair"][0]),
     ):
         assert np.array_equal(ours, theirs)
+
+
+def test_gradient_with_unused_and_repeated_leaves_matches_finite_differences():
+    """The fast ``value_and_grad`` (what ``gradcheck`` differentiates with by default) on a
+    tree with a leaf used three times, one unused and a tuple: every entry within budget."""
+    rng = np.random.default_rng(3)
+    tree = {"a": rng.standard_normal(3), "nested": {"b": rng.standard_normal((2, 3)),
+                                                    "unused": np.ones(4)},
+            "pair": (rng.standard_normal(3), rng.standard_normal(3))}
+
+    def fun(t):
+        first, _ = t["pair"]
+        head = anp.tanh(t["nested"]["b"] @ t["a"]) * t["a"][:2]
+        return anp.sum(head) + anp.sum(first * t["a"])
+
+    with mc.implementation("fast"):
+        report = gradcheck(fun, tree, mode="elementwise")
+    assert [leaf.name for leaf in report.leaves] == [
+        "a", "nested.b", "nested.unused", "pair[0]", "pair[1]"]
+    assert np.all(report["nested.unused"].ours == 0)
 
 
 def test_none_leaves_pass_through():
