@@ -233,19 +233,24 @@ AUTOGRADER_MODULE = '''"""Autograder for {title}.
 
 Written by `minicoat assignments build` from the source {name}.py: rebuild rather
 than edit. Each test runs one check cell of the notebook, hidden tests included, on the code
-of the submitted {name}.ipynb (or .py). `pytest -m {marker}` runs this assignment only.
+of the submitted {name}.ipynb (or .py): its definitions only, in a fresh process that imports
+the checks itself (minicoat.assignments.grading). `pytest -m {marker}` runs this assignment only.
 """
 
 import pytest
 
 NOTEBOOK = "{name}"
+CHECKS = {{}}  # test name -> the check cell's code, hidden tests included
 pytestmark = pytest.mark.{marker}
 '''
 
 AUTOGRADER_TEST = '''
 
+CHECKS["{label}"] = {code}
+
+
 def {test}(notebook):
-    notebook.run_check({code}, "{label}")
+    notebook.result("{label}", CHECKS["{label}"])
 '''
 
 CONFTEST = '''"""pytest set-up of the minicoat autograder (written by `minicoat assignments build`).
@@ -277,8 +282,11 @@ def pytest_addoption(parser):
 
 @pytest.fixture(scope="module")
 def notebook(request):
-    """The submitted notebook of the test module's assignment, executed cell by cell."""
-    return Submission.load(request.config.getoption("--submission"), request.module.NOTEBOOK)
+    """The submitted notebook of the test module's assignment, graded in a fresh process."""
+    submission = Submission.load(request.config.getoption("--submission"),
+                                 request.module.NOTEBOOK)
+    submission.grade(request.module.CHECKS)
+    return submission
 '''
 
 README = """# minicoat assignments

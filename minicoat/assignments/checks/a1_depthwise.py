@@ -11,6 +11,7 @@ from .common import (
     ORACLE_TOL,
     _call,
     _error,
+    _guarded,
     _mismatch,
     _normal,
     _one_torch_thread,
@@ -21,6 +22,15 @@ from .common import (
     _shape_text,
     _zeros_suspect,
 )
+from .guard import Forbidden
+
+# Any convolution of the library (a depthwise one is a grouped conv2d), in any tier or in
+# the oracle; the VJP also may not differentiate numerically or with autograd.
+CONVOLUTION = ("convolution", "*.py", r"depthwise|conv|im2col")
+FORBID_FORWARD = Forbidden("depthwise_conv2d", CONVOLUTION)
+FORBID_VJP = Forbidden("the depthwise convolution's VJP", CONVOLUTION,
+                       ("numerical gradient", "gradcheck.py", r"."),
+                       ("autodiff", "ops/autodiff.py", r"."), autodiff=True)
 
 
 @_one_torch_thread()
@@ -44,7 +54,7 @@ def check_depthwise_forward(student_fn, shape=(2, 5, 6, 3), k=3, stride=1, seed=
     rng = np.random.default_rng(seed)
     x, w = _normal(rng, shape), _normal(rng, (k, k, shape[-1]))
     context = f"depthwise_conv2d({_shape_text(x=x, w=w)}, stride={stride})"
-    got = _call(context, student_fn, x, w, stride)
+    got = _call(context, _guarded(context, FORBID_FORWARD, student_fn), x, w, stride)
     theirs = _torch_depthwise(x, w, None, stride)
     suspects = {}
     if k > 1:
@@ -67,7 +77,7 @@ def check_depthwise_vjp(student_vjp_fn, shape=(2, 5, 6, 3), k=3, stride=1, seed=
     x, w = _normal(rng, shape), _normal(rng, (k, k, shape[-1]))
     g = _normal(rng, mc.depthwise_conv2d(x, w, stride).shape)
     context = f"depthwise_conv2d_vjp({_shape_text(x=x, w=w, g=g)}, stride={stride})"
-    dx, dw = _pair(context, _call(context, student_vjp_fn, x, w,
+    dx, dw = _pair(context, _call(context, _guarded(context, FORBID_VJP, student_vjp_fn), x, w,
                                       g, stride), ("dx", "dw"))
     dx_torch, dw_torch = _torch_depthwise(x, w, g, stride)
     dx_mc, dw_mc = autograd.grad(

@@ -13,6 +13,7 @@ from .common import (
     _autograd_grad,
     _call,
     _error,
+    _guarded,
     _mismatch,
     _normal,
     _one_torch_thread,
@@ -22,13 +23,19 @@ from .common import (
     _tree_mismatches,
     _zeros_suspect,
 )
+from .guard import Forbidden
+
+FORBID_INDEX = Forbidden("relative_position_index",
+                         ("relative position index", "*.py", r"relative_position_index"))
+FORBID_ATTENTION = Forbidden(
+    "relative attention", ("relative attention", "*.py", r"relative_position_index|attention"))
 
 
 def check_relative_position_index(student_fn, h=2, w=3):
     """Grade ``student_fn(h, w) -> (h*w, h*w)`` integer relative-position index."""
     _, ops, _ = _oracle()
     context = f"relative_position_index({h}, {w})"
-    got = _call(context, student_fn, h, w)
+    got = _call(context, _guarded(context, FORBID_INDEX, student_fn), h, w)
     expected = ops.relative_position_index(h, w).numpy()
     if not np.array_equal(mc.relative_position_index(h, w), expected):  # pragma: no cover
         raise RuntimeError("minicoat and the oracle disagree: report this bug")
@@ -102,6 +109,7 @@ def check_relative_attention(student_fn, variant="pre", shape=(2, 3, 4, 8), head
     }
     context = (f"relative_attention(x {shape}, heads={heads}, D={dim}, C_out={c_out}, "
                f"variant={variant!r})")
+    student_fn = _guarded(context, FORBID_ATTENTION, student_fn)
     got = _call(context, student_fn, x, p, heads, variant)
     g = _normal(rng, (n, h, w, c_out))
     y_torch, dx_torch, dp_torch = _torch_attention(x, p, heads, variant, g)

@@ -14,6 +14,7 @@ from .common import (
     _autograd_grad,
     _call,
     _error,
+    _guarded,
     _mismatch,
     _normal,
     _one_torch_thread,
@@ -26,6 +27,10 @@ from .common import (
     _tree_mismatches,
     _zeros_suspect,
 )
+from .guard import Forbidden
+
+FORBID_MBCONV = Forbidden("the MBConv block",
+                          ("MBConv block", "blocks.py", r"mbconv_forward|_shortcut|_pool"))
 
 
 def _random_mbconv(rng, block, cfg):
@@ -77,6 +82,7 @@ def check_mbconv(student_fn, stride=1, c_in=8, c_out=8, train=True, stride_at="e
     context = (f"mbconv_forward(x {x.shape}, C_out={c_out}, stride={stride}, train={train}, "
                f"stride_at={stride_at!r}, pool={pool!r})")
     before = _snapshot(p=params, state=state)
+    student_fn = _guarded(context, FORBID_MBCONV, student_fn)
     result = _call(context, student_fn, params, state, x, stride, cfg, train)
     _require_unmodified(context, before, p=params, state=state)
     y, new_state = _pair(context, result, ("y", "new_state"))

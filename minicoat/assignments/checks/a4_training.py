@@ -18,6 +18,7 @@ from .common import (
     CheckFailed,
     _call,
     _error,
+    _guarded,
     _mismatch,
     _one_torch_thread,
     _oracle,
@@ -29,6 +30,13 @@ from .common import (
     _tree_mismatches,
     _zeros_suspect,
 )
+from .guard import Forbidden
+
+ADAMW_RULE = ("AdamW", "optim.py", r"adam|leaf|update|make_optimizer")
+TRAIN_RULE = ("training step", "train.py", r"train_step|loss_fn")
+FORBID_ADAMW = Forbidden("adamw_update", ADAMW_RULE)
+FORBID_LOSS = Forbidden("loss_and_grad", TRAIN_RULE)
+FORBID_STEP = Forbidden("training_step (with your adamw_update)", ADAMW_RULE, TRAIN_RULE)
 
 
 def _adam_leaf(p, g, m, v, step, lr, decay, betas, eps, weight_decay, correct=True,
@@ -142,7 +150,7 @@ def check_adamw_update(student_fn, steps=3, betas=(0.9, 0.999), eps=1e-8, weight
     for t in range(steps):
         context = f"adamw_update, step {t + 1} of {steps} (lr={lrs[t]}, {hyper})"
         before = _snapshot(params=student_params, grads=grads_per_step[t], opt_state=opt_state)
-        result = _call(context, student_fn, student_params,
+        result = _call(context, _guarded(context, FORBID_ADAMW, student_fn), student_params,
                        grads_per_step[t], opt_state, lrs[t], **hyper)
         _require_unmodified(context, before, params=student_params, grads=grads_per_step[t],
                             opt_state=opt_state)
@@ -219,7 +227,7 @@ def check_loss_and_grad(student_fn, batch=8, seed=0):
     config, params, state, x, y = _digits_case(batch, seed)
     context = f"loss_and_grad(digits preset, batch of {batch}, seed {seed})"
     before = _snapshot(params=params, state=state)
-    result = _call(context, student_fn, params, state, x, y,
+    result = _call(context, _guarded(context, FORBID_LOSS, student_fn), params, state, x, y,
                    config)
     _require_unmodified(context, before, params=params, state=state)
     loss, grads, new_state = _pair(context, result, ("loss", "grads", "new_state"))
@@ -287,7 +295,7 @@ def check_training_step(student_step_fn, steps=2, batch=8, lr=1e-3, seed=0):
     losses, losses_mc = [], []
     for t in range(steps):
         before = _snapshot(params=theirs[0], state=theirs[1], opt_state=theirs[2])
-        result = _call(f"{context}: step {t + 1}", student_step_fn,
+        result = _call(f"{context}: step {t + 1}", _guarded(context, FORBID_STEP, student_step_fn),
                        *theirs, x, y, config, lr)
         _require_unmodified(context, before, params=theirs[0], state=theirs[1],
                             opt_state=theirs[2])
@@ -314,22 +322,36 @@ def check_training_step(student_step_fn, steps=2, batch=8, lr=1e-3, seed=0):
             "parameters, state and optimizer state too")
 
 
-def check_overfit(losses, min_drop=0.5):
-    """Grade a short training run on one fixed batch: the loss must fall below
-    ``min_drop`` times its first value (a network that can't overfit one batch has a bug)."""
-    context = "overfitting one batch"
-    try:
-        losses = np.array([float(getval(v)) for v in losses])
-    except Exception as err:
-        raise CheckFailed(f"{context}: losses should be a list of numbers ({err})") from err
-    if len(losses) < 5:
-        raise CheckFailed(f"{context}: expected at least 5 losses, got {len(losses)}")
+def check_overfit(student_step_fn, steps=10, batch=16, lr=3e-3, min_drop=0.5, seed=0):
+    """Grade ``student_step_fn`` (as ``check_training_step``) on a short run on one batch.
+
+    ``steps`` steps from fresh float32 parameters on the first ``batch`` training digits: the
+    loss must fall below ``min_drop`` times its first value (a network that can't overfit one
+    batch has a bug).
+    """
+    context = f"overfitting one batch ({batch} digits, {steps} steps, lr={lr})"
+    config = mc.config("coatnet-digits")
+    data = _digits()
+    x, y = data.x_train[:batch], data.y_train[:batch]
+    params, state = mc.init_params(config, seed=seed)
+    opt_state, losses = adamw_init(params), []
+    step = _guarded(context, FORBID_STEP, student_step_fn)
+    for t in range(steps):
+        result = _call(f"{context}: step {t + 1}", step, params, state, opt_state, x, y,
+                       config, lr)
+        params, state, opt_state, loss = _pair(context, result,
+                                               ("params", "state", "opt_state", "loss"))
+        try:
+            losses.append(float(getval(loss)))
+        except Exception as err:
+            raise CheckFailed(f"{context}: the loss should be a number ({err})") from err
+    losses = np.array(losses)
     if not np.all(np.isfinite(losses)):
         raise CheckFailed(f"{context}: the loss diverged: {np.round(losses, 3).tolist()}")
     if not losses[-1] < min_drop * losses[0]:
         raise CheckFailed(
-            f"{context}: the loss should fall below {min_drop} x its first value in "
-            f"{len(losses)} steps; got {np.round(losses, 3).tolist()}. Is the update's sign "
-            f"right, and does each step use the parameters the previous one returned?"
+            f"{context}: the loss should fall below {min_drop} x its first value; got "
+            f"{np.round(losses, 3).tolist()}. Is the update's sign right, and does each step "
+            f"use the parameters the previous one returned?"
         )
-    return f"{context}: loss {losses[0]:.3f} -> {losses[-1]:.3f} in {len(losses)} steps"
+    return f"{context}: loss {losses[0]:.3f} -> {losses[-1]:.3f}"

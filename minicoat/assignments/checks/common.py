@@ -13,6 +13,7 @@ import numpy as np
 from autograd.tracer import getval
 
 from ...tree import flatten
+from .guard import guarded_call
 
 ORACLE_TOL = 1e-10  # against minicoat and PyTorch; expect ~1e-15
 # Parameters after AdamW steps: Adam divides each gradient by its own size, so the round-off
@@ -31,7 +32,10 @@ class CheckFailed(AssertionError):
 
 
 def _call(what, fn, *args, **kwargs):
-    """``fn(*args, **kwargs)``; a stub's ``NotImplementedError`` becomes a clear failure."""
+    """``fn(*args, **kwargs)``; a stub's ``NotImplementedError`` becomes a clear failure.
+
+    ``fn`` is the student's function wrapped by ``_guarded``.
+    """
     try:
         return fn(*args, **kwargs)
     except NotImplementedError as err:
@@ -43,10 +47,26 @@ def _call(what, fn, *args, **kwargs):
         raise CheckFailed(f"{what} raised {type(err).__name__}: {err}") from err
 
 
+def _guarded(what, forbidden, fn):
+    """``fn`` with the tripwires of ``forbidden`` armed on each call (see ``guard``): calling
+    the library's implementation of what is graded, or changing the library or the checks,
+    raises ``CheckFailed`` saying so."""
+
+    def run(*args, **kwargs):
+        result, offence = guarded_call(forbidden, fn, *args, **kwargs)
+        if offence:
+            raise CheckFailed(f"{what}: {offence}")
+        return result
+
+    return run
+
+
 def _autograd_grad(what, objective, arg):
     """The gradient of a scalar function of the student's code, by autograd, or a clear failure."""
     try:
         return autograd.grad(objective)(arg)
+    except CheckFailed:
+        raise
     except Exception as err:
         raise CheckFailed(
             f"{what}: autograd could not differentiate your code ({type(err).__name__}: {err}). "
