@@ -289,6 +289,19 @@ def notebook(request):
     return submission
 '''
 
+NBGRADER_CONFIG = '''"""nbgrader_config.py for a course using minicoat's assignments (written by
+`minicoat assignments build`; copy it into the course directory, or its last lines into yours).
+
+IsolatedChecks re-grades every autograded cell in a fresh process on the notebook's
+definitions, so that nothing the student's kernel did can change a grade (docs/teaching.md).
+"""
+
+from minicoat.assignments.nbgrader_checks import configure
+
+c = get_config()  # noqa: F821 - provided by nbgrader when it reads this file
+configure(c)
+'''
+
 README = """# minicoat assignments
 
 Built by `minicoat assignments build` (docs/teaching.md in the minicoat repository).
@@ -301,6 +314,8 @@ Built by `minicoat assignments build` (docs/teaching.md in the minicoat reposito
   assignment.
 - `solutions/` (with `--solutions`): the instructor notebooks, solutions and hidden tests
   marked nbgrader's way, with nbgrader cell metadata: a source for `nbgrader generate_assignment`.
+- `nbgrader_config.py`: for a course graded with `nbgrader autograde`, the configuration that
+  re-grades the autograded cells out of the student's kernel.
 
 Assignments:
 """
@@ -368,6 +383,7 @@ def build(out, solutions=False, force=False, sources=None):
           "# one marker per assignment: `pytest -m a1` grades A1 only\n"
           f"markers =\n{markers}")
     write(out / "autograder" / "conftest.py", CONFTEST)
+    write(out / "nbgrader_config.py", NBGRADER_CONFIG)
     write(out / "README.md", README + "".join(
         f"- `{a.marker}`: {a.title} (`{a.name}`)\n" for a in assignments))
     return written
