@@ -225,7 +225,7 @@ def nbgrader_grades(course, student):
 
     with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
         nb = gb.find_submission_notebook(A1, A1, student)
-        scores = {g.name.split("_")[-1]: g.score for g in nb.grades if g.max_score}
+        scores = {g.name.split("_")[-1]: g.score for g in nb.grades if "-test_" in g.name}
     autograded = nbformat.read(course / "autograded" / student / A1 / f"{A1}.ipynb", 4)
     errors = [o.evalue for c in autograded.cells for o in c.get("outputs", [])
               if o.output_type == "error" and c.metadata.get("nbgrader", {}).get("grade")]

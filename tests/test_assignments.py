@@ -48,9 +48,9 @@ def check_tests():
     return {a.name: sorted(build.check_names(a.notebook(False)).values()) for a in assignments}
 
 
-def test_there_are_four_assignments_with_checks():
+def test_there_are_five_assignments_with_checks():
     assert NAMES == ["a1_depthwise_conv", "a2_relative_attention", "a3_mbconv",
-                     "a4_training_step"]
+                     "a4_training_step", "a5_transformer"]
     assert all(len(tests) >= 2 for tests in check_tests().values())
 
 
@@ -138,6 +138,9 @@ def test_student_notebooks_have_stubs_no_hidden_tests_no_outputs(out):
         student = (out / "student" / f"{name}.py").read_text()
         assert "BEGIN SOLUTION" not in student and "HIDDEN TESTS" not in student
         assert "raise NotImplementedError(" in student and "# YOUR CODE HERE" in student
+        for heading in ("**Learning objectives.**", "**Prerequisites.**", "**Time.**",
+                        "## Exercises", "## Written questions", "YOUR ANSWER HERE"):
+            assert heading in student, (name, heading)
         nb = nbformat.read(out / "student" / f"{name}.ipynb", as_version=4)
         nbformat.validate(nb)
         code = [c for c in nb.cells if c.cell_type == "code"]
@@ -156,7 +159,13 @@ def test_solution_notebooks_keep_markers_with_nbgrader_metadata(out):
         solution_cells = [m for m in graded if m["solution"]]
         grade_cells = [m for m in graded if m["grade"]]
         assert solution_cells and grade_cells
-        assert all(m["schema_version"] == 3 and m["points"] == 1 for m in grade_cells)
+        assert all(m["schema_version"] == 3 and m["points"] >= 1 for m in grade_cells)
+        answers = [c for c in nb.cells if c.cell_type == "markdown" and "nbgrader" in c.metadata]
+        assert all(c.metadata["nbgrader"] == {  # nbgrader's manually graded answer cell
+            "grade": True, "solution": True, "task": False, "locked": False, "points": 2,
+            "schema_version": 3, "grade_id": c.metadata["nbgrader"]["grade_id"]}
+            for c in answers)
+        assert len(answers) >= 2 and all(len(c.source) > 100 for c in answers), name
         assert len({m["grade_id"] for m in graded}) == len(graded)  # nbgrader needs unique ids
         text = "".join(c.source for c in nb.cells)
         assert "### BEGIN SOLUTION" in text

@@ -20,6 +20,9 @@ nbgrader marks its source notebooks:
 * ``### BEGIN HIDDEN TESTS`` / ``### END HIDDEN TESTS`` around checks the student does not see,
   inside check cells (``# %% tags=["check"]``). The student version drops them; the
   autograder runs them.
+* markdown cells tagged ``answer`` (``# %% [markdown] tags=["answer"]``) hold the model answer
+  to a written question: the student version has "YOUR ANSWER HERE" instead, the instructor
+  version marks them as nbgrader manually graded answer cells (``ANSWER_POINTS`` points).
 
 Markers are checked before anything is written: a marker that is unbalanced, nested,
 misspelt, in a markdown cell or crossing a cell boundary is a ``ValueError`` naming the file
@@ -43,6 +46,9 @@ PHRASES = ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "END HIDDEN T
 HINT = "# HINT:"
 DEFAULT_HINT = "replace this line with your code"
 CHECK_TAG = "check"
+ANSWER_TAG = "answer"  # a markdown cell holding the model answer to a written question
+ANSWER_STUB = "YOUR ANSWER HERE"  # nbgrader's own text stub
+ANSWER_POINTS = 2
 FOLDERS = ("student", "autograder", "solutions")
 KERNELSPEC = {"display_name": "Python 3", "language": "python", "name": "python3"}
 
@@ -176,6 +182,12 @@ class Assignment:
         nb.metadata["jupytext"] = {"formats": "ipynb,py:percent"}
         names = check_names(nb)
         for index, cell in enumerate(nb.cells):
+            if cell.cell_type == "markdown" and ANSWER_TAG in cell.metadata.get("tags", []):
+                if student:  # a written answer: the model answer is the instructor's
+                    cell.source = ANSWER_STUB
+                else:
+                    cell.metadata["nbgrader"] = _nbgrader(f"{self.marker}-answer-{index}", True,
+                                                          solution=True, points=ANSWER_POINTS)
             if cell.cell_type != "code":
                 continue
             cell.outputs, cell.execution_count = [], None
@@ -215,11 +227,13 @@ def check_names(nb):
     return names
 
 
-def _nbgrader(grade_id, grade):
-    """nbgrader cell metadata (schema 3): a graded check cell or an editable solution cell."""
-    meta = {"grade": grade, "grade_id": grade_id, "locked": grade, "schema_version": 3,
-            "solution": not grade, "task": False}
-    return {**meta, "points": 1} if grade else meta
+def _nbgrader(grade_id, grade, solution=None, points=1):
+    """nbgrader cell metadata (schema 3): a graded check cell, an editable solution cell, or
+    (``grade`` and ``solution``) a manually graded answer cell."""
+    solution = (not grade) if solution is None else solution
+    meta = {"grade": grade, "grade_id": grade_id, "locked": grade and not solution,
+            "schema_version": 3, "solution": solution, "task": False}
+    return {**meta, "points": points} if grade else meta
 
 
 def _literal(code):

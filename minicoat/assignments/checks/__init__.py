@@ -31,11 +31,18 @@ from .a4_training import (
     check_overfit,
     check_training_step,
 )
+from .a5_transformer import (
+    check_attention_core_vjp,
+    check_layer_norm,
+    check_layer_norm_vjp,
+    check_transformer_block,
+)
 from .common import ADAMW, NUMERIC_TOL, ORACLE_TOL, TRAINED_TOL, CheckFailed
 
 __all__ = [
     "ADAMW", "NUMERIC_TOL", "ORACLE_TOL", "TRAINED_TOL", "CheckFailed",
     "check_adamw_update", "check_depthwise_forward", "check_depthwise_vjp",
     "check_loss_and_grad", "check_mbconv", "check_overfit", "check_relative_attention",
-    "check_relative_position_index", "check_training_step",
+    "check_relative_position_index", "check_training_step", "check_attention_core_vjp",
+    "check_layer_norm", "check_layer_norm_vjp", "check_transformer_block",
 ]

@@ -9,6 +9,7 @@ mistakes it is given as ``suspects``.
 import contextlib
 
 import autograd
+import autograd.numpy as anp
 import numpy as np
 from autograd.tracer import getval
 
@@ -231,3 +232,32 @@ def _normal(rng, shape, scale=1.0):
 
 def _shape_text(**arrays):
     return ", ".join(f"{name} {tuple(np.shape(a))}" for name, a in arrays.items())
+
+
+# -- hand-written VJPs ----------------------------------------------------------------------
+
+
+def _vjp_problems(names, got, fn, args, g, suspects=None):
+    """Compare a hand-written VJP with the library's (autograd) and finite differences.
+
+    ``fn(*args)`` is the library's forward of the op, ``g`` the upstream gradient and ``got``
+    the student's gradients, one per name in ``names`` (w.r.t. ``args`` in order). Returns the
+    problems for ``_require``, None for the gradients that pass. This is the one place the VJP
+    checks compare: it can move to ``minicoat.testing.vjpcheck`` when that lands.
+    """
+    import minicoat as mc
+
+    exact = autograd.grad(lambda xs: anp.sum(fn(*xs) * g))(tuple(args))
+    problems = []
+    for i, name in enumerate(names):
+        def along(a, i=i):
+            return fn(*args[:i], a, *args[i + 1:])
+
+        numeric = mc.numerical_vjp(along, args[i], g)
+        problems.append(_mismatch(
+            f"gradient w.r.t. {name}", got[i],
+            [("minicoat", np.asarray(exact[i]), ORACLE_TOL),
+             ("finite differences", numeric, NUMERIC_TOL)],
+            {**(suspects or {}).get(name, {}),
+             "zero: no gradient at all": np.zeros_like(args[i])}))
+    return problems
