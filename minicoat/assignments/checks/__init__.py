@@ -24,7 +24,7 @@ fails fast.
 
 from .a1_depthwise import check_depthwise_forward, check_depthwise_vjp
 from .a2_attention import check_relative_attention, check_relative_position_index
-from .a3_mbconv import check_mbconv
+from .a3_mbconv import check_batch_norm_vjp, check_mbconv
 from .a4_training import (
     check_adamw_update,
     check_loss_and_grad,
@@ -45,4 +45,5 @@ __all__ = [
     "check_loss_and_grad", "check_mbconv", "check_overfit", "check_relative_attention",
     "check_relative_position_index", "check_training_step", "check_attention_core_vjp",
     "check_layer_norm", "check_layer_norm_vjp", "check_transformer_block",
+    "check_batch_norm_vjp",
 ]

@@ -23,12 +23,19 @@ from .common import (
     _plain,
     _require,
     _require_unmodified,
+    _shape_text,
     _snapshot,
     _tree_mismatches,
+    _vjp_problems,
     _zeros_suspect,
 )
 from .guard import Forbidden
 
+BATCH_NORM = ("BatchNorm", "*.py",
+              r"batch_norm|_channel_moments|_normalize|_gradient_sums|_input_gradient")
+FORBID_BN_VJP = Forbidden("BatchNorm's VJP", BATCH_NORM,
+                          ("numerical gradient", "gradcheck.py", r"."),
+                          ("autodiff", "*/autodiff.py", r"."), autodiff=True)
 FORBID_MBCONV = Forbidden("the MBConv block",
                           ("MBConv block", "blocks.py", r"mbconv_forward|_shortcut|_pool"))
 
@@ -107,3 +114,31 @@ def check_mbconv(student_fn, stride=1, c_in=8, c_out=8, train=True, stride_at="e
     problems += _tree_mismatches("gradient w.r.t. p.", dp, [("PyTorch", dp_torch, ORACLE_TOL)])
     _require(context, problems)
     return f"{context}: output, state and gradients OK (error {_error(_plain(y), y_torch):.0e})"
+
+
+def check_batch_norm_vjp(student_vjp_fn, shape=(4, 3, 3, 5), seed=0):
+    """Grade ``student_vjp_fn(x, gamma, g) -> (dx, dgamma, dbeta)``, BatchNorm's backward in
+    training mode (batch statistics over N, H, W; eps 1e-5), written by hand.
+
+    Against autograd of ``mc.batch_norm(..., train=True)`` and finite differences.
+    """
+    rng = np.random.default_rng(seed)
+    c = shape[-1]
+    x = _normal(rng, shape) * 1.5 + 0.3
+    gamma, beta, g = 1.0 + _normal(rng, (c,), 0.3), _normal(rng, (c,), 0.3), _normal(rng, shape)
+    context = f"batch_norm_vjp({_shape_text(x=x, gamma=gamma, g=g)}, training mode)"
+    result = _call(context, _guarded(context, FORBID_BN_VJP, student_vjp_fn), x, gamma, g)
+    got = _pair(context, result, ("dx", "dgamma", "dbeta"))
+    running = {"mean": np.zeros(c), "var": np.ones(c)}
+
+    def forward(x_, gamma_, beta_):
+        return mc.batch_norm(x_, gamma_, beta_, running=running, train=True)[0]
+
+    axes = tuple(range(x.ndim - 1))
+    inv_std = 1.0 / np.sqrt(x.var(axes) + 1e-5)
+    suspects = {"x": {
+        "the gradient as if the batch mean and variance were constants (g * gamma / sigma): "
+        "in training mode they depend on x": g * gamma * inv_std}}
+    _require(context, _vjp_problems(("x", "gamma", "beta"), got, forward, (x, gamma, beta), g,
+                                    suspects))
+    return f"{context}: backward OK against autograd of mc.batch_norm and finite differences"
