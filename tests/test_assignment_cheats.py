@@ -60,6 +60,21 @@ import minicoat.optim
 def adamw_update(params, grads, opt_state, lr, **hyper):
     return minicoat.optim.adamw_update(params, grads, opt_state, lr, mask=decay_mask, **hyper)
 ''',
+    "a5_transformer": '''
+import autograd
+from minicoat import blocks
+from minicoat.plans import make_block
+def layer_norm(x, gamma, beta):
+    return mc.layer_norm(x, gamma, beta)
+def layer_norm_vjp(x, gamma, beta, g):
+    return autograd.grad(lambda a: anp.sum(layer_norm(*a) * g))((x, gamma, beta))
+def attention_core_vjp(q, k, v, bias, g):
+    vjp, _ = autograd.make_vjp(lambda a: mc.attention_core(*a, "pre"))((q, k, v, bias))
+    return vjp(g)
+def transformer_block(p, x, stride, heads, cfg):
+    record = make_block(cfg, "T", x.shape[-1], p["norm2"]["gamma"].shape[0], stride, x.shape[1:3])
+    return blocks.transformer_forward(p, x, record, cfg)
+''',
 }
 OVERWRITE_CHECKS = '''
 for _name in dir(checks):

@@ -407,3 +407,43 @@ def test_mutated_submission_is_graded_with_the_gradient_named(out, tmp_path):
     submission.run_check(cells["test_depthwise_forward"], "forward")  # still right
     with pytest.raises(checks.CheckFailed, match="gradient w.r.t. x: error .* not flipped"):
         submission.run_check(cells["test_depthwise_vjp"], "vjp")
+
+
+def test_hand_written_vjp_mistakes_are_named():
+    a5, a3 = solution("a5_transformer"), solution("a3_mbconv")
+
+    def constant_statistics(x, gamma, beta, g):  # forgot that mean and variance depend on x
+        dx, dgamma, dbeta = a5["layer_norm_vjp"](x, gamma, beta, g)
+        return g * gamma / anp.sqrt(x.var(-1, keepdims=True) + 1e-5), dgamma, dbeta
+
+    with pytest.raises(checks.CheckFailed, match="gradient w.r.t. x: .* as if mean and variance"):
+        checks.check_layer_norm_vjp(constant_statistics)
+
+    def bias_of_one_image(q, k, v, bias, g):
+        dq, dk, dv, dbias = a5["attention_core_vjp"](q, k, v, bias, g)
+        return dq, dk, dv, a5["attention_core_vjp"](q[:1], k[:1], v[:1], bias, g[:1])[3]
+
+    with pytest.raises(checks.CheckFailed, match="without the sum over the batch"):
+        checks.check_attention_core_vjp(bias_of_one_image)
+
+    def batch_norm_constants(x, gamma, g):
+        dx, dgamma, dbeta = a3["batch_norm_vjp"](x, gamma, g)
+        return g * gamma / anp.sqrt(x.var((0, 1, 2)) + 1e-5), dgamma, dbeta
+
+    with pytest.raises(checks.CheckFailed, match="as if the batch mean and variance"):
+        checks.check_batch_norm_vjp(batch_norm_constants)
+    assert "OK" in checks.check_batch_norm_vjp(a3["batch_norm_vjp"])
+
+
+def test_transformer_block_without_ffn_is_named():
+    def attention_half_only(p, x, stride, heads, cfg):  # forgot x <- x + FFN(LN(x))
+        pool = mc.max_pool2d if cfg.pool == "max" else mc.avg_pool2d
+        h, shortcut = mc.layer_norm(x, **p["norm1"]), x
+        if stride == 2:
+            h, shortcut = pool(h), pool(x)
+        if "proj" in p:
+            shortcut = mc.conv1x1(shortcut, p["proj"]["w"], p["proj"]["b"])
+        return shortcut + mc.relative_attention(h, p["attn"], heads, cfg.variant)
+
+    with pytest.raises(checks.CheckFailed, match="without its FFN half"):
+        checks.check_transformer_block(attention_half_only, stride=2, c_out=16)
