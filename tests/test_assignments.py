@@ -11,20 +11,18 @@ import os
 import pathlib
 import subprocess
 import sys
+import types
 import xml.etree.ElementTree as ET
 
-import autograd
 import autograd.numpy as anp
 import nbformat
 import numpy as np
 import pytest
 
 import minicoat as mc
-from minicoat import blocks
 from minicoat.assignments import build, checks
-from minicoat.assignments.grading import Submission
-from minicoat.optim import adamw_update, decay_mask
-from minicoat.plans import make_block
+from minicoat.assignments.grading import Submission, code_cells, definitions
+from minicoat.tree import tree_map
 
 SOURCES = dict(build.default_sources())  # file name -> text
 NAMES = [pathlib.PurePath(f).stem for f in SOURCES]
@@ -50,9 +48,9 @@ def check_tests():
     return {a.name: sorted(build.check_names(a.notebook(False)).values()) for a in assignments}
 
 
-def test_there_are_four_assignments_with_checks():
+def test_there_are_five_assignments_with_checks():
     assert NAMES == ["a1_depthwise_conv", "a2_relative_attention", "a3_mbconv",
-                     "a4_training_step"]
+                     "a4_training_step", "a5_transformer"]
     assert all(len(tests) >= 2 for tests in check_tests().values())
 
 
@@ -140,6 +138,9 @@ def test_student_notebooks_have_stubs_no_hidden_tests_no_outputs(out):
         student = (out / "student" / f"{name}.py").read_text()
         assert "BEGIN SOLUTION" not in student and "HIDDEN TESTS" not in student
         assert "raise NotImplementedError(" in student and "# YOUR CODE HERE" in student
+        for heading in ("**Learning objectives.**", "**Prerequisites.**", "**Time.**",
+                        "## Exercises", "## Written questions", "YOUR ANSWER HERE"):
+            assert heading in student, (name, heading)
         nb = nbformat.read(out / "student" / f"{name}.ipynb", as_version=4)
         nbformat.validate(nb)
         code = [c for c in nb.cells if c.cell_type == "code"]
@@ -158,7 +159,13 @@ def test_solution_notebooks_keep_markers_with_nbgrader_metadata(out):
         solution_cells = [m for m in graded if m["solution"]]
         grade_cells = [m for m in graded if m["grade"]]
         assert solution_cells and grade_cells
-        assert all(m["schema_version"] == 3 and m["points"] == 1 for m in grade_cells)
+        assert all(m["schema_version"] == 3 and m["points"] >= 1 for m in grade_cells)
+        answers = [c for c in nb.cells if c.cell_type == "markdown" and "nbgrader" in c.metadata]
+        assert all(c.metadata["nbgrader"] == {  # nbgrader's manually graded answer cell
+            "grade": True, "solution": True, "task": False, "locked": False, "points": 2,
+            "schema_version": 3, "grade_id": c.metadata["nbgrader"]["grade_id"]}
+            for c in answers)
+        assert len(answers) >= 2 and all(len(c.source) > 100 for c in answers), name
         assert len({m["grade_id"] for m in graded}) == len(graded)  # nbgrader needs unique ids
         text = "".join(c.source for c in nb.cells)
         assert "### BEGIN SOLUTION" in text
@@ -280,10 +287,30 @@ def test_non_empty_out_needs_force(tmp_path):
 # -- mutations: classic mistakes are caught and named ---------------------------------------
 
 
+def solution(name):
+    """The definitions of a solution source, as the autograder takes them (no checks run)."""
+    import jupytext
+
+    nb = jupytext.reads(SOURCES[f"{name}.py"], fmt="py:percent")
+    namespace = {}
+    for number, _, source in code_cells(nb):
+        for statement in definitions(number, source)[0]:
+            exec(compile(statement, name, "exec"), namespace)
+    return namespace
+
+
+def rebound(fn, **names):
+    """``fn`` with some of the global names its code sees replaced (a mutant)."""
+    return types.FunctionType(fn.__code__, {**fn.__globals__, **names}, fn.__name__,
+                              fn.__defaults__, fn.__closure__)
+
+
 def test_unflipped_kernel_in_the_vjp_is_named_as_the_x_gradient():
+    a1 = solution("a1_depthwise_conv")
+
     def vjp(x, w, g, stride):
-        dw = autograd.grad(lambda w_: anp.sum(mc.depthwise_conv2d(x, w_, stride) * g))(w)
-        return mc.depthwise_conv2d(g, w, 1), dw  # forgot the flip: w[::-1, ::-1]
+        dw = a1["depthwise_conv2d_vjp"](x, w, g, stride)[1]
+        return a1["depthwise_conv2d"](g, w, 1), dw  # forgot the flip: w[::-1, ::-1]
 
     with pytest.raises(checks.CheckFailed) as err:
         checks.check_depthwise_vjp(vjp)
@@ -293,18 +320,21 @@ def test_unflipped_kernel_in_the_vjp_is_named_as_the_x_gradient():
 
 
 def test_flipped_kernel_in_the_forward_is_named():
+    conv = solution("a1_depthwise_conv")["depthwise_conv2d"]
     with pytest.raises(checks.CheckFailed, match="output: error .* kernel flipped"):
-        checks.check_depthwise_forward(lambda x, w, s: mc.depthwise_conv2d(x, w[::-1, ::-1], s))
+        checks.check_depthwise_forward(lambda x, w, s: conv(x, w[::-1, ::-1], s))
 
 
 def _attention(axis=-1, scale=True):
     """Relative attention with a possible mistake, written with autograd.numpy."""
+    index = solution("a2_relative_attention")["relative_position_index"]
+
     def layer(x, p, heads, variant):
         n, h, w, c = x.shape
         qkv = anp.reshape(x, (n, h * w, c)) @ p["w_qkv"] + p["b_qkv"]
         q, k, v = (anp.transpose(anp.reshape(t, (n, h * w, heads, -1)), (0, 2, 1, 3))
                    for t in anp.split(qkv, 3, axis=-1))
-        bias = p["rel_bias"][:, mc.relative_position_index(h, w)]
+        bias = p["rel_bias"][:, index(h, w)]
         logits = q @ anp.swapaxes(k, -1, -2) * (q.shape[-1] ** -0.5 if scale else 1.0)
         weights = mc.softmax(logits + bias, axis=axis)
         out = anp.reshape(anp.transpose(weights @ v, (0, 2, 1, 3)), (n, h * w, -1))
@@ -323,8 +353,10 @@ def test_attention_mistakes_are_named():
 
 
 def test_in_place_assignment_is_told_to_use_autograd_numpy():
+    attention = solution("a2_relative_attention")["relative_attention"]
+
     def layer(x, p, heads, variant):
-        y = mc.relative_attention(x, p, heads, variant)
+        y = attention(x, p, heads, variant)
         out = np.empty(np.shape(y))
         out[...] = y  # fine on arrays, impossible for autograd's traced values
         return out
@@ -334,26 +366,25 @@ def test_in_place_assignment_is_told_to_use_autograd_numpy():
 
 
 def test_mbconv_without_shortcut_is_named():
+    a3 = solution("a3_mbconv")
+
     def block(p, state, x, stride, cfg, train):
-        record = make_block(cfg, "C", x.shape[-1], p["project"]["w"].shape[1], stride, x.shape[1:3])
-        y, new_state = blocks.mbconv_forward(p, state, x, record, cfg, train)
-        return y - blocks._shortcut(p, x, stride, cfg.pool), new_state
+        y, new_state = a3["mbconv_forward"](p, state, x, stride, cfg, train)
+        return y - a3["shortcut"](p, x, stride, cfg.pool), new_state
 
     with pytest.raises(checks.CheckFailed, match="without its shortcut"):
         checks.check_mbconv(block)
 
 
 def test_adamw_mistakes_are_named():
-    def update(mask):
-        return lambda params, grads, state, lr, **hyper: adamw_update(params, grads, state, lr,
-                                                                      mask=mask, **hyper)
-
-    assert "OK" in checks.check_adamw_update(update(decay_mask))
+    update = solution("a4_training_step")["adamw_update"]
+    assert "OK" in checks.check_adamw_update(update)
+    every_leaf = rebound(update, decay_mask=lambda params: tree_map(lambda _: True, params))
     with pytest.raises(checks.CheckFailed, match="decaying every leaf"):
-        checks.check_adamw_update(update(None))
+        checks.check_adamw_update(every_leaf)
 
     def in_place(params, grads, state, lr, **hyper):
-        new_params, new_state = update(decay_mask)(params, grads, state, lr, **hyper)
+        new_params, new_state = update(params, grads, state, lr, **hyper)
         params["head"]["w"][...] = new_params["head"]["w"]  # p -= ... on the caller's array
         return new_params, new_state
 
@@ -376,3 +407,43 @@ def test_mutated_submission_is_graded_with_the_gradient_named(out, tmp_path):
     submission.run_check(cells["test_depthwise_forward"], "forward")  # still right
     with pytest.raises(checks.CheckFailed, match="gradient w.r.t. x: error .* not flipped"):
         submission.run_check(cells["test_depthwise_vjp"], "vjp")
+
+
+def test_hand_written_vjp_mistakes_are_named():
+    a5, a3 = solution("a5_transformer"), solution("a3_mbconv")
+
+    def constant_statistics(x, gamma, beta, g):  # forgot that mean and variance depend on x
+        dx, dgamma, dbeta = a5["layer_norm_vjp"](x, gamma, beta, g)
+        return g * gamma / anp.sqrt(x.var(-1, keepdims=True) + 1e-5), dgamma, dbeta
+
+    with pytest.raises(checks.CheckFailed, match="gradient w.r.t. x: .* as if mean and variance"):
+        checks.check_layer_norm_vjp(constant_statistics)
+
+    def bias_of_one_image(q, k, v, bias, g):
+        dq, dk, dv, dbias = a5["attention_core_vjp"](q, k, v, bias, g)
+        return dq, dk, dv, a5["attention_core_vjp"](q[:1], k[:1], v[:1], bias, g[:1])[3]
+
+    with pytest.raises(checks.CheckFailed, match="without the sum over the batch"):
+        checks.check_attention_core_vjp(bias_of_one_image)
+
+    def batch_norm_constants(x, gamma, g):
+        dx, dgamma, dbeta = a3["batch_norm_vjp"](x, gamma, g)
+        return g * gamma / anp.sqrt(x.var((0, 1, 2)) + 1e-5), dgamma, dbeta
+
+    with pytest.raises(checks.CheckFailed, match="as if the batch mean and variance"):
+        checks.check_batch_norm_vjp(batch_norm_constants)
+    assert "OK" in checks.check_batch_norm_vjp(a3["batch_norm_vjp"])
+
+
+def test_transformer_block_without_ffn_is_named():
+    def attention_half_only(p, x, stride, heads, cfg):  # forgot x <- x + FFN(LN(x))
+        pool = mc.max_pool2d if cfg.pool == "max" else mc.avg_pool2d
+        h, shortcut = mc.layer_norm(x, **p["norm1"]), x
+        if stride == 2:
+            h, shortcut = pool(h), pool(x)
+        if "proj" in p:
+            shortcut = mc.conv1x1(shortcut, p["proj"]["w"], p["proj"]["b"])
+        return shortcut + mc.relative_attention(h, p["attn"], heads, cfg.variant)
+
+    with pytest.raises(checks.CheckFailed, match="without its FFN half"):
+        checks.check_transformer_block(attention_half_only, stride=2, c_out=16)

@@ -20,6 +20,9 @@ nbgrader marks its source notebooks:
 * ``### BEGIN HIDDEN TESTS`` / ``### END HIDDEN TESTS`` around checks the student does not see,
   inside check cells (``# %% tags=["check"]``). The student version drops them; the
   autograder runs them.
+* markdown cells tagged ``answer`` (``# %% [markdown] tags=["answer"]``) hold the model answer
+  to a written question: the student version has "YOUR ANSWER HERE" instead, the instructor
+  version marks them as nbgrader manually graded answer cells (``ANSWER_POINTS`` points).
 
 Markers are checked before anything is written: a marker that is unbalanced, nested,
 misspelt, in a markdown cell or crossing a cell boundary is a ``ValueError`` naming the file
@@ -36,6 +39,8 @@ import sys
 import textwrap
 from dataclasses import dataclass, field
 
+from .templates import AUTOGRADER_MODULE, AUTOGRADER_TEST, CONFTEST, NBGRADER_CONFIG, README
+
 BEGIN = {"solution": "### BEGIN SOLUTION", "hidden": "### BEGIN HIDDEN TESTS"}
 END = {"solution": "### END SOLUTION", "hidden": "### END HIDDEN TESTS"}
 MARKERS = {**{m: ("begin", k) for k, m in BEGIN.items()}, **{m: ("end", k) for k, m in END.items()}}
@@ -43,6 +48,9 @@ PHRASES = ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "END HIDDEN T
 HINT = "# HINT:"
 DEFAULT_HINT = "replace this line with your code"
 CHECK_TAG = "check"
+ANSWER_TAG = "answer"  # a markdown cell holding the model answer to a written question
+ANSWER_STUB = "YOUR ANSWER HERE"  # nbgrader's own text stub
+ANSWER_POINTS = 2
 FOLDERS = ("student", "autograder", "solutions")
 KERNELSPEC = {"display_name": "Python 3", "language": "python", "name": "python3"}
 
@@ -176,6 +184,12 @@ class Assignment:
         nb.metadata["jupytext"] = {"formats": "ipynb,py:percent"}
         names = check_names(nb)
         for index, cell in enumerate(nb.cells):
+            if cell.cell_type == "markdown" and ANSWER_TAG in cell.metadata.get("tags", []):
+                if student:  # a written answer: the model answer is the instructor's
+                    cell.source = ANSWER_STUB
+                else:
+                    cell.metadata["nbgrader"] = _nbgrader(f"{self.marker}-answer-{index}", True,
+                                                          solution=True, points=ANSWER_POINTS)
             if cell.cell_type != "code":
                 continue
             cell.outputs, cell.execution_count = [], None
@@ -215,11 +229,13 @@ def check_names(nb):
     return names
 
 
-def _nbgrader(grade_id, grade):
-    """nbgrader cell metadata (schema 3): a graded check cell or an editable solution cell."""
-    meta = {"grade": grade, "grade_id": grade_id, "locked": grade, "schema_version": 3,
-            "solution": not grade, "task": False}
-    return {**meta, "points": 1} if grade else meta
+def _nbgrader(grade_id, grade, solution=None, points=1):
+    """nbgrader cell metadata (schema 3): a graded check cell, an editable solution cell, or
+    (``grade`` and ``solution``) a manually graded answer cell."""
+    solution = (not grade) if solution is None else solution
+    meta = {"grade": grade, "grade_id": grade_id, "locked": grade and not solution,
+            "schema_version": 3, "solution": solution, "task": False}
+    return {**meta, "points": points} if grade else meta
 
 
 def _literal(code):
@@ -227,75 +243,6 @@ def _literal(code):
     if '"""' in code or "\\" in code:
         return repr(code)
     return '"""\\\n' + code + '"""'
-
-
-AUTOGRADER_MODULE = '''"""Autograder for {title}.
-
-Written by `minicoat assignments build` from the source {name}.py: rebuild rather
-than edit. Each test runs one check cell of the notebook, hidden tests included, on the code
-of the submitted {name}.ipynb (or .py). `pytest -m {marker}` runs this assignment only.
-"""
-
-import pytest
-
-NOTEBOOK = "{name}"
-pytestmark = pytest.mark.{marker}
-'''
-
-AUTOGRADER_TEST = '''
-
-def {test}(notebook):
-    notebook.run_check({code}, "{label}")
-'''
-
-CONFTEST = '''"""pytest set-up of the minicoat autograder (written by `minicoat assignments build`).
-
-    pytest autograder                               grade the notebooks in ../student
-    pytest autograder --submission path/to/alice    grade one student's returned notebooks
-    pytest autograder -m a2                         one assignment only
-"""
-
-import os
-import pathlib
-
-# The checks' arrays are tiny: one BLAS / OpenMP thread is fastest, and avoids contention when
-# several submissions are graded at once. (Set before NumPy and torch are imported.)
-for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_variable, "1")
-
-import pytest  # noqa: E402
-
-from minicoat.assignments.grading import Submission  # noqa: E402
-
-HERE = pathlib.Path(__file__).resolve().parent
-
-
-def pytest_addoption(parser):
-    parser.addoption("--submission", default=str(HERE.parent / "student"),
-                     help="folder holding the notebooks to grade (default: ../student)")
-
-
-@pytest.fixture(scope="module")
-def notebook(request):
-    """The submitted notebook of the test module's assignment, executed cell by cell."""
-    return Submission.load(request.config.getoption("--submission"), request.module.NOTEBOOK)
-'''
-
-README = """# minicoat assignments
-
-Built by `minicoat assignments build` (docs/teaching.md in the minicoat repository).
-
-- `student/`: hand this folder out. One notebook per assignment (`.ipynb`, with its jupytext
-  `.py` twin); students complete the cells that raise `NotImplementedError` and run the checks
-  in the notebook.
-- `autograder/`: keep this folder. `pytest autograder --submission path/to/returned/folder`
-  grades a student's notebooks with every check, hidden tests included; `-m a1` grades one
-  assignment.
-- `solutions/` (with `--solutions`): the instructor notebooks, solutions and hidden tests
-  marked nbgrader's way, with nbgrader cell metadata: a source for `nbgrader generate_assignment`.
-
-Assignments:
-"""
 
 
 # -- building -------------------------------------------------------------------------------
@@ -360,6 +307,7 @@ def build(out, solutions=False, force=False, sources=None):
           "# one marker per assignment: `pytest -m a1` grades A1 only\n"
           f"markers =\n{markers}")
     write(out / "autograder" / "conftest.py", CONFTEST)
+    write(out / "nbgrader_config.py", NBGRADER_CONFIG)
     write(out / "README.md", README + "".join(
         f"- `{a.marker}`: {a.title} (`{a.name}`)\n" for a in assignments))
     return written

@@ -13,6 +13,19 @@
 # %% [markdown]
 # # A1 · Depthwise convolution and its backward pass
 #
+# **Learning objectives.** After this assignment you can
+# 1. write a strided, padded depthwise convolution as a sum over kernel taps of array
+#    slices, without a loop over pixels;
+# 2. derive its vector-Jacobian product by hand, and explain the "flip" of convolution
+#    backprop;
+# 3. make a function with a hand-written VJP differentiable by autograd (`primitive`,
+#    `defvjp`).
+#
+# **Prerequisites.** NumPy slicing and broadcasting; the chain rule; what a gradient of a
+# scalar loss with respect to an array means.
+#
+# **Time.** About 1.5 hours: 30 min forward, 45 min backward, 15 min for the questions.
+#
 # CoAtNet's convolutional blocks (MBConv) mix information *within* each channel with a
 # depthwise convolution (Dai et al. 2021, arXiv 2106.04803, section 2.1, eq. 1):
 #
@@ -83,7 +96,8 @@ def depthwise_conv2d(x, w, stride=1):
     p = k // 2
     ho, wo = output_size(h, k, stride), output_size(wd, k, stride)
     ### BEGIN SOLUTION
-    # HINT: pad x by p, then add up the k*k products x_pad[:, rows, cols] * w[di, dj]
+    # HINT: the equation above is a sum over the k*k taps; tap_slices gives each tap's slice
+    # HINT: of the padded input
     x_pad = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))  # (N, H + 2p, W + 2p, C)
     y = np.zeros((n, ho, wo, c), dtype=x.dtype)
     for di in range(k):
@@ -139,8 +153,8 @@ def depthwise_conv2d_vjp(x, w, g, stride=1):
     p = k // 2
     ho, wo = g.shape[1:3]
     ### BEGIN SOLUTION
-    # HINT: for each tap: dw[di, dj] = sum of x_pad[:, rows, cols] * g over (N, H', W');
-    # HINT: dx_pad[:, rows, cols] += g * w[di, dj]; finally crop the padding off dx_pad
+    # HINT: loop over the taps as in the forward pass and apply the two equations above;
+    # HINT: the padding is not part of x
     x_pad = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))  # (N, H + 2p, W + 2p, C)
     dx_pad = np.zeros_like(x_pad)
     dw = np.zeros_like(w)
@@ -188,3 +202,46 @@ x_demo, w_demo = rng.standard_normal((2, 6, 6, 4)), rng.standard_normal((3, 3, 4
 ours = autograd.grad(lambda w: anp.sum(anp.tanh(my_depthwise_conv2d(x_demo, w))))(w_demo)
 minicoat = autograd.grad(lambda w: anp.sum(anp.tanh(mc.depthwise_conv2d(x_demo, w))))(w_demo)
 print("d loss / d w, yours vs minicoat's: relative error", mc.rel_error(ours, minicoat))
+
+# %% [markdown]
+# ## Exercises (not graded)
+#
+# **E1.** For stride 1, show that your `dx` equals a depthwise convolution of `g` with the
+# kernel flipped in both spatial axes: compute both and print their relative error.
+
+# %%
+rng = np.random.default_rng(1)
+x_e, w_e = rng.standard_normal((2, 5, 5, 3)), rng.standard_normal((3, 3, 3))
+g_e = rng.standard_normal((2, 5, 5, 3))
+### BEGIN SOLUTION
+dx_e = depthwise_conv2d_vjp(x_e, w_e, g_e)[0]
+flipped = depthwise_conv2d(g_e, w_e[::-1, ::-1])
+print("dx vs the flipped-kernel convolution of g:", mc.rel_error(dx_e, flipped))
+assert mc.rel_error(dx_e, flipped) < 1e-12
+### END SOLUTION
+
+# %% [markdown]
+# ## Written questions
+#
+# **Q1.** Why is the backward pass of a stride-1 cross-correlation a convolution with the
+# kernel flipped? Why does that stop being a plain convolution for stride 2?
+
+# %% [markdown] tags=["answer"]
+# Output $i$ reads input $i + d$ with weight $w[d]$, so input $j$ receives gradient from the
+# outputs $i = j - d$, with the same weight: $dx[j] = \sum_d g[j - d] w[d]$, a sum whose index
+# runs the other way, i.e. a cross-correlation of $g$ with $w$ flipped. With stride 2 only
+# every other input position is read by output $i$ at a given tap, so the gradient is the
+# flipped convolution of $g$ *dilated* with zeros between its entries (a transposed
+# convolution), not a plain one.
+
+# %% [markdown]
+# **Q2.** A depthwise convolution of C channels with a k x k kernel has how many parameters
+# and multiply-adds per output position, compared with a full k x k convolution from C to C
+# channels? What does CoAtNet give up by using it, and how does the MBConv block make up for
+# it?
+
+# %% [markdown] tags=["answer"]
+# Depthwise: $k^2 C$ parameters and $k^2 C$ multiply-adds per position; full: $k^2 C^2$ of
+# each, C times more. Depthwise never mixes channels; MBConv mixes them with the 1x1
+# expansion and projection around it (and squeeze-excitation), which cost $O(C^2)$ per
+# position without the $k^2$ factor.

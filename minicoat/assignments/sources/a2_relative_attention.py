@@ -13,6 +13,17 @@
 # %% [markdown]
 # # A2 · Relative attention, pre- and post-softmax
 #
+# **Learning objectives.** After this assignment you can
+# 1. index a table of relative-position biases for every pair of tokens on a 2-D grid;
+# 2. write multi-head attention with an additive bias, pre and post softmax, with
+#    `autograd.numpy` so that autograd differentiates it;
+# 3. compare the two variants with a convolution.
+#
+# **Prerequisites.** A1; batched matrix products; the softmax.
+#
+# **Time.** About 1.5 hours: 30 min for the index, 45 min for the core, 15 min for the
+# questions.
+#
 # Self-attention weighs token $j$ for token $i$ by how well their contents match: adaptive
 # and global, but blind to *where* $j$ is. A depthwise convolution weighs by the relative
 # offset $i - j$ alone: static, local, translation-equivariant. CoAtNet (arXiv 2106.04803,
@@ -52,7 +63,7 @@ from minicoat.assignments import checks
 def relative_position_index(h, w):
     """(h*w, h*w) ints: index[i, j] = (yi - yj + h - 1) * (2w - 1) + (xi - xj + w - 1)."""
     ### BEGIN SOLUTION
-    # HINT: ys, xs = onp.divmod(onp.arange(h * w), w); then ys[:, None] - ys[None, :] + h - 1
+    # HINT: the row and column of every token first; then all pairs at once by broadcasting
     ys, xs = onp.divmod(onp.arange(h * w), w)  # (T,), (T,): row and column of each token
     dy = ys[:, None] - ys[None, :] + h - 1  # (T, T) in [0, 2h - 2]
     dx = xs[:, None] - xs[None, :] + w - 1  # (T, T) in [0, 2w - 2]
@@ -80,8 +91,8 @@ print(checks.check_relative_position_index(relative_position_index, 4, 2))
 def attention_core(q, k, v, bias, variant):
     """Multi-head attention with an additive relative bias -> (N, heads, T, d)."""
     ### BEGIN SOLUTION
-    # HINT: logits = q @ k^T * d**-0.5; "pre": softmax(logits + bias); "post": softmax(logits)
-    # HINT: + bias; return weights @ v
+    # HINT: scaled dot products of queries and keys; the two variants differ only in where
+    # HINT: the bias is added
     d = q.shape[-1]
     logits = q @ np.swapaxes(k, -1, -2) * d**-0.5  # (N, heads, T, T)
     if variant == "pre":
@@ -139,6 +150,38 @@ print(checks.check_relative_attention(relative_attention, "post", shape=(1, 4, 3
 ### END HIDDEN TESTS
 
 # %% [markdown]
-# **Think about it.** In the *post* variant the weights of a row no longer sum to one, and
-# can be negative. What does the bias alone compute when every logit is equal (all $q = 0$)?
-# Compare it with a depthwise convolution.
+# ## Exercises (not graded)
+#
+# **E1.** Count the distinct values of your index for an $h \times w$ grid and check that it
+# is $(2h - 1)(2w - 1)$ for a few grids; which offset does the largest value stand for?
+
+# %%
+### BEGIN SOLUTION
+for h_e, w_e in ((2, 3), (3, 3), (4, 1)):
+    distinct = len(onp.unique(relative_position_index(h_e, w_e)))
+    print(f"{h_e}x{w_e}: {distinct} offsets, expected {(2 * h_e - 1) * (2 * w_e - 1)}")
+    assert distinct == (2 * h_e - 1) * (2 * w_e - 1)
+### END SOLUTION
+
+# %% [markdown]
+# ## Written questions
+#
+# **Q1.** In the *post* variant the weights of a row no longer sum to one and can be
+# negative. What does the layer compute when every logit is equal (all $q = 0$)? Compare it
+# with a depthwise convolution.
+
+# %% [markdown] tags=["answer"]
+# With equal logits the softmax is uniform, $1/T$: the weights are $1/T + B[i, j]$, so
+# $y_i = \bar v + \sum_j w_{i-j} v_j$: a global average plus a convolution of the values
+# with a kernel as large as the grid, the same for every position (translation-equivariant),
+# one kernel per head shared by the head's channels. Unlike a depthwise convolution the
+# kernel is not local, and the same scalar weights every channel of a head.
+
+# %% [markdown]
+# **Q2.** Why does CoAtNet scale the logits by $1/\sqrt{d}$? What happens to the softmax, and
+# to its gradient, without it as $d$ grows?
+
+# %% [markdown] tags=["answer"]
+# With entries of q and k of unit variance, $q \cdot k$ has variance $d$: without the scale the
+# logits grow like $\sqrt d$, the softmax saturates to nearly one-hot rows, and its
+# Jacobian $\mathrm{diag}(P) - P P^\top$ goes to zero, so almost no gradient reaches q and k.

@@ -13,6 +13,17 @@
 # %% [markdown]
 # # A4 · One training step: loss, gradient, AdamW
 #
+# **Learning objectives.** After this assignment you can
+# 1. write AdamW's update with decoupled weight decay and bias correction, and say which
+#    parameters are not decayed and why;
+# 2. take the gradient of a network's loss with autograd while keeping BatchNorm's new state;
+# 3. test training code by overfitting one batch.
+#
+# **Prerequisites.** A1-A3 (or the notebooks 01-05); gradient descent; nested dicts.
+#
+# **Time.** About 1.5 hours: 45 min for AdamW, 30 min for the loss and the step, 15 min for
+# the questions.
+#
 # Training CoAtNet (arXiv 2106.04803, section 4) minimises the cross-entropy of the logits
 # $f_\theta(x)$ with AdamW (Loshchilov & Hutter). One step on a batch $(x_n, y_n)_{n=1}^N$:
 #
@@ -66,8 +77,8 @@ def adamw_update(params, grads, opt_state, lr, betas=(0.9, 0.999), eps=1e-8, wei
     for key, p in flatten(params).items():
         g, m, v = flat_g[key], flat_m[key], flat_v[key]
         ### BEGIN SOLUTION
-        # HINT: if decay[key]: p = p * (1 - lr * weight_decay); update m and v; then
-        # HINT: p = p - lr * m_hat / (np.sqrt(v_hat) + eps) with the bias-corrected moments
+        # HINT: the equations above in order, for this leaf: decay (only if decay[key]),
+        # HINT: the two moving averages, their bias correction at this step, the step
         if decay[key]:
             p = p * (1.0 - lr * weight_decay)
         m = beta1 * m + (1.0 - beta1) * g
@@ -101,8 +112,8 @@ print(checks.check_adamw_update(adamw_update, steps=5, betas=(0.8, 0.99), eps=1e
 def loss_and_grad(params, state, x, y, config):
     """Mean cross-entropy in training mode: returns (loss, grads, new_state)."""
     ### BEGIN SOLUTION
-    # HINT: def loss_fn(p): logits, saved["state"] = mc.forward(p, state, x, config, train=True);
-    # HINT: return mc.cross_entropy(logits, y). Then autograd.value_and_grad(loss_fn)(params)
+    # HINT: a function of the parameters alone that returns the loss, keeping the new state
+    # HINT: aside as the paragraph above says; then let autograd differentiate it
     saved = {}
 
     def loss_fn(p):
@@ -131,7 +142,7 @@ print(checks.check_loss_and_grad(loss_and_grad, batch=4, seed=1))
 def training_step(params, state, opt_state, x, y, config, lr):
     """One step: returns (params, state, opt_state, loss)."""
     ### BEGIN SOLUTION
-    # HINT: loss_and_grad(...), then adamw_update(params, grads, opt_state, lr)
+    # HINT: your two functions, in order
     loss, grads, state = loss_and_grad(params, state, x, y, config)
     params, opt_state = adamw_update(params, grads, opt_state, lr)
     return params, state, opt_state, loss
@@ -145,9 +156,9 @@ print(checks.check_training_step(training_step))
 # ## 4. Overfit one batch
 #
 # A network that cannot drive the loss of one small fixed batch towards zero has a bug: the
-# classic first test of any training code. Take 16 digits, fresh float32 parameters, and run
-# 10 steps of `training_step` with `lr=3e-3`, collecting `float(loss)` of every step in a
-# list named `losses`.
+# classic first test of any training code. The check takes 16 digits and fresh float32
+# parameters and runs 10 steps of your `training_step` with `lr=3e-3`; the loss must fall
+# below half its first value. The cell below runs the same loop, to see the losses.
 
 # %%
 config = mc.config("coatnet-digits")
@@ -155,15 +166,55 @@ digits = load_dataset("digits")  # normalised float32 images (N, 8, 8, 1), integ
 x_batch, y_batch = digits.x_train[:16], digits.y_train[:16]
 params, state = mc.init_params(config, seed=0)  # float32
 opt_state = adamw_init(params)
-### BEGIN SOLUTION
-# HINT: losses = [] and 10 calls of training_step(..., lr=3e-3), appending float(loss)
 losses = []
 for _ in range(10):
     params, state, opt_state, loss = training_step(params, state, opt_state, x_batch, y_batch,
                                                    config, lr=3e-3)
     losses.append(float(loss))
-### END SOLUTION
 print("losses:", np.round(losses, 3))
 
 # %% tags=["check"]
-print(checks.check_overfit(losses))
+print(checks.check_overfit(training_step))
+
+# %% [markdown]
+# ## Exercises (not graded)
+#
+# **E1.** Run 10 steps of plain SGD (`p - lr * g`, no momentum) on the same batch with the
+# largest learning rate that does not diverge you can find, and compare its last loss with
+# AdamW's above.
+
+# %%
+### BEGIN SOLUTION
+params_e, state_e = mc.init_params(config, seed=0)
+sgd_losses = []
+for _ in range(10):
+    loss_e, grads_e, state_e = loss_and_grad(params_e, state_e, x_batch, y_batch, config)
+    params_e = unflatten({k: p - 0.3 * flatten(grads_e)[k] for k, p in flatten(params_e).items()})
+    sgd_losses.append(float(loss_e))
+print("SGD, lr 0.3:", np.round(sgd_losses, 3), "AdamW:", np.round(losses, 3))
+### END SOLUTION
+
+# %% [markdown]
+# ## Written questions
+#
+# **Q1.** Why are biases, normalisation scales and shifts and the relative-position tables
+# not decayed? What would decaying a LayerNorm's $\gamma$ towards zero do?
+
+# %% [markdown] tags=["answer"]
+# Weight decay is a prior that prefers small weights, which limits a layer's capacity
+# because its output scales with its weights. Biases and shifts only move outputs, the
+# relative-position tables are additive logit offsets, and norm scales set the size of a
+# normalised signal: shrinking them does not regularise the function in that sense. Decaying
+# $\gamma$ to zero would switch the normalised branch off (its output tends to $\beta$),
+# fighting the gradient for no benefit.
+
+# %% [markdown]
+# **Q2.** What does AdamW's bias correction fix in the first steps, and what would the first
+# update be without it (with $\beta_1 = 0.9$, $\beta_2 = 0.999$)?
+
+# %% [markdown] tags=["answer"]
+# The moments start at zero, so at step 1 $m = 0.1 g$ and $v = 0.001 g^2$: both are biased
+# towards zero. Corrected, $\hat m = g$ and $\hat v = g^2$ and the first step is
+# $\eta\,\mathrm{sign}(g)$. Uncorrected it is $\eta \cdot 0.1 g / (\sqrt{0.001}|g|) \approx
+# 3.16\,\eta\,\mathrm{sign}(g)$: about three times too large, and the ratio only decays to
+# one over thousands of steps (the $v$ term).
