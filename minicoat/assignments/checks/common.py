@@ -237,27 +237,48 @@ def _shape_text(**arrays):
 # -- hand-written VJPs ----------------------------------------------------------------------
 
 
+def _numeric_problem(label, fn, args, got, g):
+    """Finite differences through ``minicoat.testing.vjpcheck``: None, or why ``got`` is off.
+
+    ``got`` holds the student's gradients of ``sum(fn(*args) * g)`` w.r.t. every argument,
+    already checked for shape and dtype; the tolerance is vjpcheck's error budget.
+    """
+    from ...testing import GradcheckError, vjpcheck
+
+    given = tuple(_plain(a) for a in got)
+    report = vjpcheck(fn, lambda _upstream, *_args: given, *args, upstream=g, raises=False)
+    if report.passed:
+        return None
+    return f"{label}: against finite differences (minicoat.testing.vjpcheck): " + str(
+        GradcheckError(report))
+
+
 def _vjp_problems(names, got, fn, args, g, suspects=None):
     """Compare a hand-written VJP with the library's (autograd) and finite differences.
 
     ``fn(*args)`` is the library's forward of the op, ``g`` the upstream gradient and ``got``
     the student's gradients, one per name in ``names`` (w.r.t. ``args`` in order). Returns the
-    problems for ``_require``, None for the gradients that pass. This is the one place the VJP
-    checks compare: it can move to ``minicoat.testing.vjpcheck`` when that lands.
+    problems for ``_require``, None for the gradients that pass. Finite differences go through
+    ``minicoat.testing.vjpcheck``, with its error budget.
     """
-    import minicoat as mc
-
     exact = autograd.grad(lambda xs: anp.sum(fn(*xs) * g))(tuple(args))
-    problems = []
-    for i, name in enumerate(names):
-        def along(a, i=i):
-            return fn(*args[:i], a, *args[i + 1:])
-
-        numeric = mc.numerical_vjp(along, args[i], g)
-        problems.append(_mismatch(
-            f"gradient w.r.t. {name}", got[i],
-            [("minicoat", np.asarray(exact[i]), ORACLE_TOL),
-             ("finite differences", numeric, NUMERIC_TOL)],
-            {**(suspects or {}).get(name, {}),
-             "zero: no gradient at all": np.zeros_like(args[i])}))
+    problems = [
+        _mismatch(f"gradient w.r.t. {name}", got[i],
+                  [("minicoat", np.asarray(exact[i]), ORACLE_TOL)],
+                  {**(suspects or {}).get(name, {}),
+                   "zero: no gradient at all": np.zeros_like(args[i])})
+        for i, name in enumerate(names)]
+    if _well_formed(got, exact):
+        problems.append(_numeric_problem(", ".join(names), fn, args, got, g))
     return problems
+
+
+def _well_formed(got, expected):
+    """Every array in ``got`` finite, with the shape and dtype of its ``expected``."""
+    try:
+        got = [_plain(a) for a in got]
+    except Exception:
+        return False
+    return len(got) == len(expected) and all(
+        a.shape == np.shape(b) and a.dtype == np.asarray(b).dtype and np.all(np.isfinite(a))
+        for a, b in zip(got, expected, strict=True))
