@@ -90,14 +90,14 @@ def parallel_map(f, items):
     return [first] + [future.result() for future in futures]
 
 
-def parallel_slices(length, elements, min_elements=MIN_PARALLEL):
+def parallel_slices(length, elements):
     """Split ``range(length)`` (rows, or images) into one contiguous slice per thread.
 
-    ``elements`` is the total size of the work; below ``min_elements`` (or with one thread)
+    ``elements`` is the total size of the work; below ``MIN_PARALLEL`` (or with one thread)
     it is one slice. Never more slices than ``length``.
     """
     threads = _state["threads"]
-    if threads == 1 or elements < min_elements or length <= 1 or in_worker():
+    if threads == 1 or elements < MIN_PARALLEL or length <= 1 or in_worker():
         return [slice(0, length)]
     parts = min(threads, length)
     bounds = [length * i // parts for i in range(parts + 1)]
