@@ -73,11 +73,24 @@ def _depthwise_vjp_x(y, x, w, stride):
         if stride == 1:
             # dx[j] = sum_i g[i] w[j - i + p]: the same convolution of g with the flipped kernel.
             return _depthwise_blocked(g, onp.ascontiguousarray(w[::-1, ::-1]), 1)
-        dx_pad = onp.zeros((n, h + 2 * p, wd + 2 * p, c), dtype=g.dtype)
-        for di in range(k):
-            for dj in range(k):
-                tap(dx_pad, di, dj, ho, wo, stride)[...] += g * w[di, dj]
-        return dx_pad[:, p : p + h, p : p + wd, :]
+        # stride 2: each tap's g * w added back into its window of the padded gradient, a
+        # few images at a time (in the cache), the batch split among the kernel threads
+        dx = onp.empty(x.shape, dtype=g.dtype)
+
+        def run(part):
+            g_part, dx_part = g[part], dx[part]
+            for images in image_blocks(len(g_part), h * wd * c):
+                g_block = g_part[images]
+                dx_pad = onp.zeros((len(g_block), h + 2 * p, wd + 2 * p, c), dtype=g.dtype)
+                product = onp.empty_like(g_block)
+                for di in range(k):
+                    for dj in range(k):
+                        onp.multiply(g_block, w[di, dj], out=product)
+                        tap(dx_pad, di, dj, ho, wo, stride)[...] += product
+                dx_part[images] = dx_pad[:, p : p + h, p : p + wd, :]
+
+        _per_thread(run, n, x.size * k * k)
+        return dx
 
     return vjp
 
@@ -189,13 +202,17 @@ def _conv2d_vjp_w(y, x, w, stride):
     ho, wo = y.shape[1:3]
 
     def vjp(g):  # g: (N, Ho, Wo, Co) -> dw: (k, k, Ci, Co)
-        dw = onp.zeros((k * k * ci, co), dtype=g.dtype)
-        buffer = None
-        for images, x_pad in padded_blocks(x, k // 2, expansion=k * k):
-            if buffer is None:
-                buffer = onp.empty(len(x_pad) * ho * wo * k * k * ci, dtype=x.dtype)
-            cols = _im2col(x_pad, k, stride, ho, wo, out=buffer).reshape(-1, k * k * ci)
-            dw += cols.T @ g[images].reshape(-1, co)  # cols: (m*Ho*Wo, k*k*Ci)
+        def run(part):  # this thread's images' share of dw, with its own im2col buffer
+            dw = onp.zeros((k * k * ci, co), dtype=g.dtype)
+            buffer, g_part = None, g[part]
+            for images, x_pad in padded_blocks(x[part], k // 2, expansion=k * k):
+                if buffer is None:
+                    buffer = onp.empty(len(x_pad) * ho * wo * k * k * ci, dtype=x.dtype)
+                cols = _im2col(x_pad, k, stride, ho, wo, out=buffer).reshape(-1, k * k * ci)
+                dw += cols.T @ g_part[images].reshape(-1, co)  # cols: (m*Ho*Wo, k*k*Ci)
+            return dw
+
+        dw = sum(parallel_map(run, parallel_slices(len(x), x.size * k * k)))
         return dw.reshape(k, k, ci, co)
 
     return vjp
