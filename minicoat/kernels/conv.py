@@ -127,13 +127,20 @@ def _im2col(x_pad, k, stride, ho, wo, out=None):
     Flattened to ``(m*Ho*Wo, k*k*Ci)`` this turns the convolution into one matrix product with
     the kernel read as ``(k*k*Ci, Co)``. One copy of the windows (``windows``, transposed to
     ``(m, Ho, Wo, k, k, Ci)``) into ``out`` (a buffer reused from block to block) when given,
-    instead of a concatenation of k*k taps.
+    instead of a concatenation of k*k taps. The copy is split by output rows among the kernel
+    threads; the matrix product that follows runs on the calling thread, on OpenBLAS's own
+    threads (two levels of threads on two cores measured slower, ``docs/performance.md``).
     """
     m, ci = x_pad.shape[0], x_pad.shape[-1]
     if out is None:
         out = onp.empty((m, ho, wo, k, k, ci), dtype=x_pad.dtype)
     cols = out.reshape(-1)[: m * ho * wo * k * k * ci].reshape(m, ho, wo, k, k, ci)
-    cols[...] = windows(x_pad, k, stride, ho, wo).transpose(0, 1, 2, 4, 5, 3)
+    win = windows(x_pad, k, stride, ho, wo).transpose(0, 1, 2, 4, 5, 3)
+
+    def copy(rows):
+        cols[:, rows] = win[:, rows]
+
+    parallel_map(copy, parallel_slices(ho, cols.size))
     return cols.reshape(m, ho, wo, k * k * ci)
 
 
@@ -143,26 +150,18 @@ def _im2col(x_pad, k, stride, ho, wo, out=None):
 
 
 def _conv2d_blocked(x, w, stride):
-    """``conv2d`` without bias in plain NumPy: per block of images, im2col and one product.
-
-    The batch is split among the kernel threads, each with its own im2col buffer.
-    """
+    """``conv2d`` without bias in plain NumPy: per block of images, im2col and one product."""
     k, _, ci, co = w.shape
     n, h, wd, _ = x.shape
     ho, wo = output_size(h, k, stride), output_size(wd, k, stride)
     w_rows = w.reshape(k * k * ci, co)  # row order matches _im2col's columns
     y = onp.empty((n, ho, wo, co), dtype=x.dtype)
-
-    def run(part):
-        buffer = None
-        y_part = y[part]
-        for images, x_pad in padded_blocks(x[part], k // 2, expansion=k * k):
-            if buffer is None:
-                buffer = onp.empty(len(x_pad) * ho * wo * k * k * ci, dtype=x.dtype)
-            cols = _im2col(x_pad, k, stride, ho, wo, out=buffer).reshape(-1, k * k * ci)
-            onp.matmul(cols, w_rows, out=y_part[images].reshape(-1, co))  # contiguous
-
-    _per_thread(run, n, x.size * k * k)
+    buffer = None
+    for images, x_pad in padded_blocks(x, k // 2, expansion=k * k):
+        if buffer is None:
+            buffer = onp.empty(len(x_pad) * ho * wo * k * k * ci, dtype=x.dtype)
+        cols = _im2col(x_pad, k, stride, ho, wo, out=buffer).reshape(-1, k * k * ci)
+        onp.matmul(cols, w_rows, out=y[images].reshape(-1, co))  # y[images] is contiguous
     return y
 
 
@@ -202,17 +201,13 @@ def _conv2d_vjp_w(y, x, w, stride):
     ho, wo = y.shape[1:3]
 
     def vjp(g):  # g: (N, Ho, Wo, Co) -> dw: (k, k, Ci, Co)
-        def run(part):  # this thread's images' share of dw, with its own im2col buffer
-            dw = onp.zeros((k * k * ci, co), dtype=g.dtype)
-            buffer, g_part = None, g[part]
-            for images, x_pad in padded_blocks(x[part], k // 2, expansion=k * k):
-                if buffer is None:
-                    buffer = onp.empty(len(x_pad) * ho * wo * k * k * ci, dtype=x.dtype)
-                cols = _im2col(x_pad, k, stride, ho, wo, out=buffer).reshape(-1, k * k * ci)
-                dw += cols.T @ g_part[images].reshape(-1, co)  # cols: (m*Ho*Wo, k*k*Ci)
-            return dw
-
-        dw = sum(parallel_map(run, parallel_slices(len(x), x.size * k * k)))
+        dw = onp.zeros((k * k * ci, co), dtype=g.dtype)
+        buffer = None
+        for images, x_pad in padded_blocks(x, k // 2, expansion=k * k):
+            if buffer is None:
+                buffer = onp.empty(len(x_pad) * ho * wo * k * k * ci, dtype=x.dtype)
+            cols = _im2col(x_pad, k, stride, ho, wo, out=buffer).reshape(-1, k * k * ci)
+            dw += cols.T @ g[images].reshape(-1, co)  # cols: (m*Ho*Wo, k*k*Ci)
         return dw.reshape(k, k, ci, co)
 
     return vjp
