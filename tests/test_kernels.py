@@ -244,3 +244,18 @@ def test_blockwise_sums_equal_one_sum_with_threads(monkeypatch):
         threads.set_num_threads(previous)
     np.testing.assert_allclose(sums[0], 0.0, atol=1e-9)
     np.testing.assert_allclose(sums[1], ((rows - mean) ** 2).sum(axis=0), rtol=1e-12)
+
+
+@pytest.mark.parametrize("kernel_threads", [1, 2], indirect=True)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_linear_with_bias_equals_readable_with_and_without_threads(dtype, kernel_threads):
+    rng = np.random.default_rng(7)
+    x, w, b = normal(rng, 3, 5, 7, 6), normal(rng, 6, 9), normal(rng, 9)
+    x, w, b = x.astype(dtype), w.astype(dtype), b.astype(dtype)
+    y, grads, _ = _vjps(mc.linear, [x, w, b])
+    with mc.implementation("readable"):
+        y_ref, grads_ref, _ = _vjps(mc.linear, [x, w, b])
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    np.testing.assert_allclose(y, y_ref, rtol=tol, atol=tol)
+    for g, g_ref in zip(grads, grads_ref, strict=True):
+        np.testing.assert_allclose(g, g_ref, rtol=tol, atol=tol * np.abs(g_ref).max())

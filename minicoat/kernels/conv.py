@@ -226,8 +226,12 @@ def conv2d(x, w, b=None, stride=1):
 def _matmul_last(x, w, b):
     x_rows = onp.reshape(x, (-1, x.shape[-1]))  # (M, C_in): one 2-D product, one BLAS call
     y = x_rows @ w  # (M, C_out)
-    if b is not None:
-        y += b
+    if b is not None:  # the bias pass, its rows shared among the kernel threads
+
+        def add_bias(rows):
+            y[rows] += b
+
+        parallel_map(add_bias, parallel_slices(len(y), y.size))
     return y.reshape(x.shape[:-1] + (w.shape[-1],))
 
 
