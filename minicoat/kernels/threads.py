@@ -6,9 +6,13 @@ passes on their own slice of an array do run in parallel; ``parallel_map`` does 
 kernels, on a pool created once. On small arrays the hand-off costs more than it saves, so a
 caller splits only work of at least ``MIN_PARALLEL`` elements (``parallel_slices``).
 
-How many threads: ``MINICOAT_NUM_THREADS`` if set (1 turns the pool off; the kernels then run
-exactly as before, on the calling thread), else the cores this process may run on
-(``os.sched_getaffinity``). ``set_num_threads`` changes it at run time (the tests use it to
+How many threads: ``MINICOAT_NUM_THREADS`` if set, else 1: the pool is off and the kernels run
+on the calling thread. On the 2-core Intel Xeon of ``docs/performance.md`` two threads made
+the depthwise forward 0.29 of main's time instead of 0.40, but the whole training step 1.02-1.03
+times slower than one (likely because OpenBLAS's own two threads hold both cores around every
+matrix product), so the default is the one that measured faster on the step; set
+``MINICOAT_NUM_THREADS=2`` (or the cores you have) to try it on your machine.
+``set_num_threads`` changes it at run time (the tests use it to
 run every kernel both ways). The results are the same either way: each thread writes its own
 slice, and no slice's values depend on how the array was split. What it buys:
 ``docs/performance.md``.
@@ -33,9 +37,7 @@ def _default_threads():
         if n < 1:
             raise ValueError(f"MINICOAT_NUM_THREADS must be a positive integer, got {env!r}")
         return n
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
+    return 1  # measured faster on the whole step than one thread per core (see above)
 
 
 _state = {"threads": _default_threads(), "pool": None}
