@@ -10,6 +10,7 @@ import pytest
 import torch  # noqa: F401  the bench needs the oracle; CI always has it, never skip
 
 from minicoat import bench
+from minicoat.bench import machine as bench_machine
 
 EXPECTED_ROWS = {
     ("matmul", "fwd"),
@@ -42,19 +43,44 @@ def test_quick_bench_writes_every_row(tmp_path, capsys):
     machine = result["machine"]
     assert machine["torch_threads"] >= 1 and "numpy_blas_threads" in machine
     assert machine["numpy_blas_kernels"]  # "unknown" where NumPy's BLAS is not OpenBLAS
+    assert machine["kernel_threads"] >= 1 and machine["implementation"] == "fast"
+    for key in ("cpu_model", "cpu_vendor", "instruction_set", "cpu_kind"):
+        assert key in machine
     printed = capsys.readouterr().out
     assert "| name | mode | shape | numpy ms | torch ms | numpy/torch" in printed
+    assert "kernel threads" in printed and "implementation fast" in printed
     assert "train step coatnet-cifar" in printed
 
 
 def test_blas_kernels_say_who_chose_them(monkeypatch):
-    monkeypatch.setattr(bench, "_numpy_openblas", lambda: {"architecture": "Haswell"})
+    monkeypatch.setattr(bench_machine, "_numpy_openblas", lambda: {"architecture": "Haswell"})
     monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
-    assert bench._numpy_blas_kernels() == "Haswell (forced by OPENBLAS_CORETYPE=Haswell)"
+    assert bench_machine._numpy_blas_kernels() == "Haswell (forced by OPENBLAS_CORETYPE=Haswell)"
     monkeypatch.delenv("OPENBLAS_CORETYPE")
-    assert bench._numpy_blas_kernels() == "Haswell (detected)"
-    monkeypatch.setattr(bench, "_numpy_openblas", lambda: None)  # MKL, or no threadpoolctl
-    assert bench._numpy_blas_kernels() == "unknown"
+    assert bench_machine._numpy_blas_kernels() == "Haswell (detected)"
+    monkeypatch.setattr(bench_machine, "_numpy_openblas", lambda: None)  # MKL, no threadpoolctl
+    assert bench_machine._numpy_blas_kernels() == "unknown"
+
+
+INTEL = """processor\t: 0
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Processor
+flags\t\t: fpu sse2 avx avx2 fma avx512f avx512dq
+
+processor\t: 1
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Processor
+flags\t\t: fpu sse2 avx avx2 fma avx512f avx512dq
+"""
+
+
+def test_cpu_kind_names_vendor_and_widest_instruction_set():
+    cpu = bench_machine.cpu_from_cpuinfo(INTEL)
+    assert cpu == {"cpu_model": "Intel(R) Xeon(R) Processor", "cpu_vendor": "GenuineIntel",
+                   "instruction_set": "avx512", "cpu_kind": "intel-avx512"}
+    amd = INTEL.replace("GenuineIntel", "AuthenticAMD").replace(" avx512f avx512dq", "")
+    assert bench_machine.cpu_from_cpuinfo(amd)["cpu_kind"] == "amd-avx2"
+    assert bench_machine.cpu_from_cpuinfo("")["cpu_kind"] is None
 
 
 def test_quick_scaling_covers_every_axis(tmp_path):

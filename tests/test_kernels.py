@@ -4,9 +4,11 @@ That every kernel equals the traced and readable implementations, on shapes that
 block boundaries, is ``test_implementations.py``; against finite differences and torch,
 ``test_ops.py``. Here: the float32-only erf approximation against float64, to float32
 accuracy, in both tails and at the float32 maximum; the blocking helpers against one NumPy call;
-which maximum of a tied window gets max pooling's gradient.
+which maximum of a tied window gets max pooling's gradient; the kernel thread pool, and the
+window convolutions and blocked norms equal to the readable tier with 1, 2 and 3 threads.
 """
 
+import threading
 import warnings
 
 import autograd
@@ -16,7 +18,7 @@ import pytest
 import scipy.special
 
 import minicoat as mc
-from minicoat.kernels import activations, blocking
+from minicoat.kernels import activations, blocking, threads
 
 
 @pytest.fixture(autouse=True)
@@ -133,3 +135,127 @@ def test_max_pool_gives_a_tied_window_gradient_to_its_first_maximum(impl):
     with mc.implementation(impl):
         _, (grad,), _ = _vjps(mc.max_pool2d, [x])
     assert np.count_nonzero(grad) == 1 and grad[0, 0, 0, 0] != 0.0
+
+
+# -- the kernel thread pool (threads.py) ---------------------------------------------------
+
+
+@pytest.fixture
+def kernel_threads(request, monkeypatch):
+    """Run with ``request.param`` kernel threads, splitting even small arrays (MIN_PARALLEL 1)."""
+    monkeypatch.setattr(threads, "MIN_PARALLEL", 1)
+    previous = threads.set_num_threads(request.param)
+    yield request.param
+    threads.set_num_threads(previous)
+
+
+def test_parallel_map_keeps_order_and_runs_on_the_pool(monkeypatch):
+    previous = threads.set_num_threads(2)
+    try:
+        names = threads.parallel_map(lambda i: (i, threading.current_thread().name), range(5))
+        assert [i for i, _ in names] == list(range(5))
+        assert any(name.startswith("minicoat-kernel") for _, name in names)
+        monkeypatch.setattr(threads, "MIN_PARALLEL", 100)
+        assert threads.parallel_slices(10, 99) == [slice(0, 10)]  # too small to split
+        assert threads.parallel_slices(3, 100) == [slice(0, 1), slice(1, 3)]
+        assert threads.parallel_slices(1, 10**9) == [slice(0, 1)]
+        with pytest.raises(ZeroDivisionError):  # an error in a worker reaches the caller
+            threads.parallel_map(lambda i: 1 / i, [1, 0])
+        threads.set_num_threads(1)
+        assert threads.parallel_slices(10, 10**9) == [slice(0, 10)]
+    finally:
+        threads.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1"])
+def test_num_threads_refuses_nonsense(value, monkeypatch):
+    monkeypatch.setenv("MINICOAT_NUM_THREADS", value)
+    with pytest.raises(ValueError, match="MINICOAT_NUM_THREADS must be a positive integer"):
+        threads._default_threads()
+    with pytest.raises(ValueError, match="int >= 1"):
+        threads.set_num_threads(0)
+    monkeypatch.setenv("MINICOAT_NUM_THREADS", "3")
+    assert threads._default_threads() == 3
+
+
+CONV_CASES = [  # (op name, input shape, kernel shape, stride): odd sizes, stride 2, k = 5
+    ("depthwise_conv2d", (5, 7, 9, 6), (3, 3, 6), 1),
+    ("depthwise_conv2d", (3, 9, 6, 4), (3, 3, 4), 2),
+    ("depthwise_conv2d", (2, 5, 5, 3), (5, 5, 3), 1),
+    ("conv2d", (5, 7, 9, 3), (3, 3, 3, 4), 1),
+    ("conv2d", (3, 9, 6, 5), (3, 3, 5, 2), 2),
+    ("conv2d", (2, 6, 7, 2), (5, 5, 2, 3), 1),
+]
+
+
+@pytest.mark.parametrize("kernel_threads", [1, 2, 3], indirect=True)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"{c[0]}-{c[1]}-s{c[3]}")
+def test_window_convolutions_equal_readable_with_and_without_threads(case, dtype, kernel_threads):
+    name, x_shape, w_shape, stride = case
+    rng = np.random.default_rng(4)
+    x, w = normal(rng, *x_shape).astype(dtype), normal(rng, *w_shape).astype(dtype)
+    op = getattr(mc, name)
+    f = lambda x, w: op(x, w, stride=stride)  # noqa: E731
+    y, grads, upstream = _vjps(f, [x, w])
+    with mc.implementation("readable"):
+        y_ref, grads_ref, _ = _vjps(f, [x, w])
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    assert y.dtype == dtype and all(g.dtype == dtype for g in grads)
+    np.testing.assert_allclose(y, y_ref, rtol=tol, atol=tol)
+    for g, g_ref in zip(grads, grads_ref, strict=True):
+        np.testing.assert_allclose(g, g_ref, rtol=tol, atol=tol * np.abs(g_ref).max())
+
+
+@pytest.mark.parametrize("kernel_threads", [1, 2], indirect=True)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_blocked_norms_equal_readable_with_and_without_threads(dtype, kernel_threads):
+    rng = np.random.default_rng(5)
+    rows = 3 * blocking.BLOCK // 8 + 5  # several blocks, the last one short
+    x = (2.0 * normal(rng, rows // 5, 5, 1, 8) + 0.5).astype(dtype)
+    gamma, beta = normal(rng, 8).astype(dtype), normal(rng, 8).astype(dtype)
+    running = {"mean": np.zeros(8, dtype), "var": np.ones(8, dtype)}
+    tol = 1e-12 if dtype == np.float64 else 2e-4
+    for f in (
+        lambda x, g, b: mc.batch_norm(x, g, b, running, True)[0],
+        lambda x, g, b: mc.batch_norm_gelu(x, g, b, running, True)[0],
+        lambda x, g, b: mc.gelu(x * g + b),
+    ):
+        y, grads, _ = _vjps(f, [x, gamma, beta])
+        with mc.implementation("readable"):
+            y_ref, grads_ref, _ = _vjps(f, [x, gamma, beta])
+        np.testing.assert_allclose(y, y_ref, rtol=tol, atol=tol)
+        for g, g_ref in zip(grads, grads_ref, strict=True):
+            np.testing.assert_allclose(g, g_ref, rtol=tol, atol=tol * np.abs(g_ref).max())
+
+
+def test_blockwise_sums_equal_one_sum_with_threads(monkeypatch):
+    rng = np.random.default_rng(6)
+    rows = normal(rng, 5 * blocking.BLOCK // 4 + 3, 4)
+    mean = rows.mean(axis=0)
+    monkeypatch.setattr(threads, "MIN_PARALLEL", 1)
+    previous = threads.set_num_threads(2)
+    try:
+        sums = blocking.blockwise_sums(
+            lambda part, m: ((rows[part] - m).sum(axis=0), ((rows[part] - m) ** 2).sum(axis=0)),
+            rows, mean,
+        )
+    finally:
+        threads.set_num_threads(previous)
+    np.testing.assert_allclose(sums[0], 0.0, atol=1e-9)
+    np.testing.assert_allclose(sums[1], ((rows - mean) ** 2).sum(axis=0), rtol=1e-12)
+
+
+@pytest.mark.parametrize("kernel_threads", [1, 2], indirect=True)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_linear_with_bias_equals_readable_with_and_without_threads(dtype, kernel_threads):
+    rng = np.random.default_rng(7)
+    x, w, b = normal(rng, 3, 5, 7, 6), normal(rng, 6, 9), normal(rng, 9)
+    x, w, b = x.astype(dtype), w.astype(dtype), b.astype(dtype)
+    y, grads, _ = _vjps(mc.linear, [x, w, b])
+    with mc.implementation("readable"):
+        y_ref, grads_ref, _ = _vjps(mc.linear, [x, w, b])
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    np.testing.assert_allclose(y, y_ref, rtol=tol, atol=tol)
+    for g, g_ref in zip(grads, grads_ref, strict=True):
+        np.testing.assert_allclose(g, g_ref, rtol=tol, atol=tol * np.abs(g_ref).max())

@@ -94,7 +94,7 @@ def gelu_derivative(x, y, approximate):
         with onp.errstate(divide="ignore", invalid="ignore", over="ignore"):
             derivative = y / x  # Phi(x)
             density = onp.square(x)  # then x phi(x), in place rather than in new arrays
-        derivative[onp.abs(x) < _TINY] = 0.5
+        onp.copyto(derivative, 0.5, where=onp.abs(x) < _TINY)  # (a mask index: 10% slower)
         density *= -0.5
         onp.exp(density, out=density)
         density *= x

@@ -9,6 +9,8 @@ sums into one BLAS call, and ``padded_blocks`` pads a few images at a time for c
 
 import numpy as onp
 
+from .threads import parallel_map, parallel_slices
+
 BLOCK = 1 << 16  # elements per block: 256 KiB of float32, which stays in the L2 cache
 
 
@@ -68,9 +70,38 @@ def blockwise(f, *arrays, channels=(), out=None):
     if out is None:
         out = onp.empty(shape, dtype=onp.result_type(*arrays))
     out_rows = out.reshape(-1, width)  # a view: out is contiguous
-    for part, *vectors in channel_blocks(out_rows, *channels):
-        out_rows[part] = f(*(r[part] for r in rows), *vectors)
+    blocks = list(channel_blocks(out_rows, *channels))
+
+    def run(share):  # one kernel thread's run of consecutive blocks
+        for part, *vectors in blocks[share]:
+            out_rows[part] = f(*(r[part] for r in rows), *vectors)
+
+    parallel_map(run, parallel_slices(len(blocks), out.size))
     return out
+
+
+def blockwise_sums(f, rows, *vectors):
+    """``sum(f(part, *vector_blocks) for each block)``, the blocks shared among the threads.
+
+    ``rows`` ``(M, C)`` and the ``(C,)`` vectors are split as by ``channel_blocks``; ``f``
+    returns a tuple of per-channel sums for its block (it may also write its own rows of an
+    output). Each kernel thread adds up its own run of blocks, and the threads' totals are
+    added at the end: the same sums as one loop, up to the order of the additions.
+    """
+    blocks = list(channel_blocks(rows, *vectors))
+
+    def run(share):
+        totals = None
+        for block in blocks[share]:
+            sums = f(*block)
+            if totals is None:
+                totals = list(sums)
+            else:
+                totals = [t + s for t, s in zip(totals, sums, strict=True)]
+        return totals
+
+    shares = [t for t in parallel_map(run, parallel_slices(len(blocks), rows.size)) if t]
+    return tuple(sum(column) for column in zip(*shares, strict=True))
 
 
 def column_sums(rows):

@@ -7,33 +7,54 @@ as it is, with the measurements: ``docs/performance.md``.
 
 import numpy as onp
 from autograd.extend import defvjp, defvjp_argnums, primitive
+from numpy.lib.stride_tricks import sliding_window_view
 
 from ..ops.conv import output_size, tap
 from ..ops.switch import register_kernel
 from .blocking import column_sums, image_blocks, padded_blocks
+from .threads import parallel_map, parallel_slices
+
+
+def windows(x_pad, k, stride, ho, wo):
+    """Every k x k window of padded images, a view: (m, Hp, Wp, C) -> (m, Ho, Wo, C, k, k).
+
+    ``windows(...)[n, i, j, :, di, dj]`` is ``tap(x_pad, di, dj, ho, wo, stride)[n, i, j]``:
+    the taps of the teaching tier as two more axes of one strided view
+    (``sliding_window_view``), with nothing copied. A whole convolution is then one
+    ``einsum`` (depthwise) or one copy and one matrix product (dense).
+    """
+    win = sliding_window_view(x_pad, (k, k), axis=(1, 2))  # (m, Hp-k+1, Wp-k+1, C, k, k)
+    return win[:, ::stride, ::stride][:, :ho, :wo]
+
+
+def _per_thread(f, n, elements):
+    """Run ``f(images)`` on one slice of the batch per kernel thread (``threads.py``).
+
+    Each call writes only its own images of the output, so the slices run in parallel
+    (NumPy releases the GIL in its loops); a small batch, or one thread, is one call.
+    """
+    parallel_map(f, parallel_slices(n, elements))
 
 
 def _depthwise_blocked(x, w, stride):
-    """The sum over taps of ``depthwise_conv2d_traced`` in plain NumPy, block by block.
+    """``depthwise_conv2d_traced`` in plain NumPy: per block of images, one ``einsum``.
 
-    Each product goes into a preallocated buffer (``out=``) instead of a fresh array. Each
-    tap's weights are laid out along a whole output row, ``(Wo, C)``: multiplied by a ``(C,)``
-    vector, NumPy's inner loop would run over the C channels of one pixel at a time; against
-    a ``(Wo, C)`` array it runs over the Wo*C contiguous values of a row.
+    ``einsum("nhwcij,ijc->nhwc")`` over the windows of a padded block sums the k*k taps in
+    the loop of one call, where the tap-by-tap form makes 2 k*k passes over the block (a
+    product and a sum per tap). Blocks of images stay in the cache; the batch is split among
+    the kernel threads.
     """
     k = w.shape[0]
     n, h, wd, c = x.shape
     ho, wo = output_size(h, k, stride), output_size(wd, k, stride)
-    w_rows = onp.ascontiguousarray(onp.broadcast_to(w[:, :, None, :], (k, k, wo, c)))
     y = onp.empty((n, ho, wo, c), dtype=x.dtype)
-    for images, x_pad in padded_blocks(x, k // 2):
-        y_block = y[images]
-        onp.multiply(tap(x_pad, 0, 0, ho, wo, stride), w_rows[0, 0], out=y_block)  # first tap
-        product = onp.empty_like(y_block)
-        for t in range(1, k * k):
-            di, dj = divmod(t, k)
-            onp.multiply(tap(x_pad, di, dj, ho, wo, stride), w_rows[di, dj], out=product)
-            y_block += product
+
+    def run(part):
+        for images, x_pad in padded_blocks(x[part], k // 2):
+            out = y[part][images]
+            onp.einsum("nhwcij,ijc->nhwc", windows(x_pad, k, stride, ho, wo), w, out=out)
+
+    _per_thread(run, n, x.size * k * k)
     return y
 
 
@@ -51,12 +72,25 @@ def _depthwise_vjp_x(y, x, w, stride):
     def vjp(g):  # g: (N, Ho, Wo, C) -> dx: (N, H, W, C)
         if stride == 1:
             # dx[j] = sum_i g[i] w[j - i + p]: the same convolution of g with the flipped kernel.
-            return _depthwise_blocked(g, w[::-1, ::-1], 1)
-        dx_pad = onp.zeros((n, h + 2 * p, wd + 2 * p, c), dtype=g.dtype)
-        for di in range(k):
-            for dj in range(k):
-                tap(dx_pad, di, dj, ho, wo, stride)[...] += g * w[di, dj]
-        return dx_pad[:, p : p + h, p : p + wd, :]
+            return _depthwise_blocked(g, onp.ascontiguousarray(w[::-1, ::-1]), 1)
+        # stride 2: each tap's g * w added back into its window of the padded gradient, a
+        # few images at a time (in the cache), the batch split among the kernel threads
+        dx = onp.empty(x.shape, dtype=g.dtype)
+
+        def run(part):
+            g_part, dx_part = g[part], dx[part]
+            for images in image_blocks(len(g_part), h * wd * c):
+                g_block = g_part[images]
+                dx_pad = onp.zeros((len(g_block), h + 2 * p, wd + 2 * p, c), dtype=g.dtype)
+                product = onp.empty_like(g_block)
+                for di in range(k):
+                    for dj in range(k):
+                        onp.multiply(g_block, w[di, dj], out=product)
+                        tap(dx_pad, di, dj, ho, wo, stride)[...] += product
+                dx_part[images] = dx_pad[:, p : p + h, p : p + wd, :]
+
+        _per_thread(run, n, x.size * k * k)
+        return dx
 
     return vjp
 
@@ -66,13 +100,17 @@ def _depthwise_vjp_w(y, x, w, stride):
     ho, wo = y.shape[1:3]
 
     def vjp(g):  # g: (N, Ho, Wo, C) -> dw: (k, k, C)
-        dw = onp.zeros_like(w)
-        for images, x_pad in padded_blocks(x, k // 2):
-            for di in range(k):
-                for dj in range(k):
-                    window = tap(x_pad, di, dj, ho, wo, stride)
-                    dw[di, dj] += onp.einsum("nhwc,nhwc->c", window, g[images])
-        return dw
+        parts = parallel_slices(len(x), x.size * k * k)
+
+        def run(part):  # this thread's images' share of dw
+            dw = onp.zeros_like(w)
+            g_part = g[part]
+            for images, x_pad in padded_blocks(x[part], k // 2):
+                win = windows(x_pad, k, stride, ho, wo)
+                dw += onp.einsum("nhwcij,nhwc->ijc", win, g_part[images])
+            return dw
+
+        return sum(parallel_map(run, parts))
 
     return vjp
 
@@ -83,14 +121,27 @@ defvjp(_depthwise_conv2d, _depthwise_vjp_x, _depthwise_vjp_w)
 register_kernel("depthwise_conv2d")(_depthwise_conv2d)
 
 
-def _im2col(x_pad, k, stride, ho, wo):
+def _im2col(x_pad, k, stride, ho, wo, out=None):
     """All k*k taps of padded images side by side: (m, Ho, Wo, k*k*Ci), tap-major, channel-minor.
 
     Flattened to ``(m*Ho*Wo, k*k*Ci)`` this turns the convolution into one matrix product with
-    the kernel read as ``(k*k*Ci, Co)``.
+    the kernel read as ``(k*k*Ci, Co)``. One copy of the windows (``windows``, transposed to
+    ``(m, Ho, Wo, k, k, Ci)``) into ``out`` (a buffer reused from block to block) when given,
+    instead of a concatenation of k*k taps. The copy is split by output rows among the kernel
+    threads; the matrix product that follows runs on the calling thread, on OpenBLAS's own
+    threads (two levels of threads on two cores measured slower, ``docs/performance.md``).
     """
-    taps = [tap(x_pad, di, dj, ho, wo, stride) for di in range(k) for dj in range(k)]
-    return onp.concatenate(taps, axis=-1)
+    m, ci = x_pad.shape[0], x_pad.shape[-1]
+    if out is None:
+        out = onp.empty((m, ho, wo, k, k, ci), dtype=x_pad.dtype)
+    cols = out.reshape(-1)[: m * ho * wo * k * k * ci].reshape(m, ho, wo, k, k, ci)
+    win = windows(x_pad, k, stride, ho, wo).transpose(0, 1, 2, 4, 5, 3)
+
+    def copy(rows):
+        cols[:, rows] = win[:, rows]
+
+    parallel_map(copy, parallel_slices(ho, cols.size))
+    return cols.reshape(m, ho, wo, k * k * ci)
 
 
 # The dense convolution runs a few images at a time (``padded_blocks``): the im2col matrix of a
@@ -105,8 +156,11 @@ def _conv2d_blocked(x, w, stride):
     ho, wo = output_size(h, k, stride), output_size(wd, k, stride)
     w_rows = w.reshape(k * k * ci, co)  # row order matches _im2col's columns
     y = onp.empty((n, ho, wo, co), dtype=x.dtype)
+    buffer = None
     for images, x_pad in padded_blocks(x, k // 2, expansion=k * k):
-        cols = _im2col(x_pad, k, stride, ho, wo).reshape(-1, k * k * ci)
+        if buffer is None:
+            buffer = onp.empty(len(x_pad) * ho * wo * k * k * ci, dtype=x.dtype)
+        cols = _im2col(x_pad, k, stride, ho, wo, out=buffer).reshape(-1, k * k * ci)
         onp.matmul(cols, w_rows, out=y[images].reshape(-1, co))  # y[images] is contiguous
     return y
 
@@ -148,9 +202,12 @@ def _conv2d_vjp_w(y, x, w, stride):
 
     def vjp(g):  # g: (N, Ho, Wo, Co) -> dw: (k, k, Ci, Co)
         dw = onp.zeros((k * k * ci, co), dtype=g.dtype)
+        buffer = None
         for images, x_pad in padded_blocks(x, k // 2, expansion=k * k):
-            cols = _im2col(x_pad, k, stride, ho, wo).reshape(-1, k * k * ci)  # (m*Ho*Wo, k*k*Ci)
-            dw += cols.T @ g[images].reshape(-1, co)
+            if buffer is None:
+                buffer = onp.empty(len(x_pad) * ho * wo * k * k * ci, dtype=x.dtype)
+            cols = _im2col(x_pad, k, stride, ho, wo, out=buffer).reshape(-1, k * k * ci)
+            dw += cols.T @ g[images].reshape(-1, co)  # cols: (m*Ho*Wo, k*k*Ci)
         return dw.reshape(k, k, ci, co)
 
     return vjp
@@ -169,8 +226,12 @@ def conv2d(x, w, b=None, stride=1):
 def _matmul_last(x, w, b):
     x_rows = onp.reshape(x, (-1, x.shape[-1]))  # (M, C_in): one 2-D product, one BLAS call
     y = x_rows @ w  # (M, C_out)
-    if b is not None:
-        y += b
+    if b is not None:  # the bias pass, its rows shared among the kernel threads
+
+        def add_bias(rows):
+            y[rows] += b
+
+        parallel_map(add_bias, parallel_slices(len(y), y.size))
     return y.reshape(x.shape[:-1] + (w.shape[-1],))
 
 

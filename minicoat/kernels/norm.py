@@ -13,7 +13,7 @@ from autograd.tracer import getval
 from ..ops.norm import updated_running
 from ..ops.switch import register_kernel
 from .activations import gelu, gelu_derivative, gelu_values
-from .blocking import blockwise, channel_blocks, column_dots, column_sums
+from .blocking import blockwise, blockwise_sums, column_dots, column_sums
 
 
 def _channel_moments(x):
@@ -23,10 +23,12 @@ def _channel_moments(x):
     """
     rows = x.reshape(-1, x.shape[-1])  # (M, C)
     mean = column_sums(rows) * (1.0 / len(rows))
-    var = onp.zeros_like(mean)
-    for part, mean_rows in channel_blocks(rows, mean):
+
+    def block_var(part, mean_rows):
         centered = rows[part] - mean_rows
-        var += column_dots(centered, centered, buffer=centered)
+        return (column_dots(centered, centered, buffer=centered),)
+
+    (var,) = blockwise_sums(block_var, rows, mean)
     return mean, var * (1.0 / len(rows))
 
 
@@ -52,10 +54,12 @@ def _normalize(x, mean, scale, beta):
 def _gradient_sums(x_rows, g_rows, mean):
     """Per channel, ``(sum g, sum g (x - mean))`` over the rows ``(M, C)``, block by block."""
     g_sum = column_sums(g_rows)
-    g_dot_centered = onp.zeros_like(g_sum)
-    for part, mean_rows in channel_blocks(x_rows, mean):
+
+    def block_dot(part, mean_rows):
         centered = x_rows[part] - mean_rows
-        g_dot_centered += column_dots(g_rows[part], centered, buffer=centered)
+        return (column_dots(g_rows[part], centered, buffer=centered),)
+
+    (g_dot_centered,) = blockwise_sums(block_dot, x_rows, mean)
     return g_sum, g_dot_centered
 
 
@@ -139,8 +143,8 @@ def _batch_norm_gelu_train_vjp(argnums, y, args, kwargs):
         scale = gamma / onp.sqrt(var + eps)
         x_rows, y_rows, g_rows = (a.reshape(-1, c) for a in (x_value, y, g))
         g_z = onp.empty_like(g_rows)  # the gradient w.r.t. z = BatchNorm(x), the GELU's input
-        g_sum, g_dot_centered = onp.zeros(c, g_z.dtype), onp.zeros(c, g_z.dtype)
-        for part, mean_rows, scale_rows, beta_rows in channel_blocks(x_rows, mean, scale, beta):
+
+        def block(part, mean_rows, scale_rows, beta_rows):
             # z was not stored: recompute it from x, then g_z = g GELU'(z), GELU'(z) reading
             # Phi(z) back from the output y (as activations.gelu does) ...
             centered = x_rows[part] - mean_rows
@@ -148,8 +152,9 @@ def _batch_norm_gelu_train_vjp(argnums, y, args, kwargs):
             z += beta_rows
             onp.multiply(g_rows[part], gelu_derivative(z, y_rows[part], approximate), out=g_z[part])
             # ... and, while the block is in the cache, BatchNorm's two sums over it
-            g_sum += column_sums(g_z[part])
-            g_dot_centered += column_dots(g_z[part], centered, buffer=centered)
+            return column_sums(g_z[part]), column_dots(g_z[part], centered, buffer=centered)
+
+        g_sum, g_dot_centered = blockwise_sums(block, x_rows, mean, scale, beta)
         g_z = g_z.reshape(x_value.shape)
         grads = _batch_norm_backward(  # d_x overwrites g_z, a full-size array fewer
             x_value, g_z, gamma, mean, var, eps, sums=(g_sum, g_dot_centered), out=g_z

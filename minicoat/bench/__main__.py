@@ -1,0 +1,7 @@
+"""``python -m minicoat.bench``."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
