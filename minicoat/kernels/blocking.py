@@ -128,27 +128,28 @@ def column_dots(a, b, buffer=None):
 IMAGES_BLOCK = 1 << 18  # elements per block of whole images (1 MiB of float32)
 
 
-def image_blocks(n, image_elements):
-    """Slices of a batch of ``n`` images of ``image_elements`` each, ~``IMAGES_BLOCK`` per slice.
+def image_blocks(n, image_elements, block=None):
+    """Slices of a batch of ``n`` images of ``image_elements`` each, ~``block`` elements per slice.
 
-    (At least one image per slice.)
+    ``block`` defaults to ``IMAGES_BLOCK``. (At least one image per slice.)
     """
-    per_block = max(1, IMAGES_BLOCK // max(1, image_elements))
+    per_block = max(1, (block or IMAGES_BLOCK) // max(1, image_elements))
     for start in range(0, n, per_block):
         yield slice(start, min(n, start + per_block))
 
 
-def padded_blocks(x, p, expansion=1):
+def padded_blocks(x, p, expansion=1, block=None):
     """Yield ``(images, x_pad)``: a slice of the batch and those images zero-padded by ``p``.
 
     A few images at a time (``image_blocks``), padded into one buffer reused from block to
     block (its border stays zero), so that all the taps of a block run while it sits in the
     cache, instead of padding the whole batch and sweeping it once per tap. A caller
-    that expands each block ``expansion``-fold (im2col: k*k) asks for blocks that much smaller.
+    that expands each block ``expansion``-fold (im2col: k*k) asks for blocks that much smaller;
+    ``block`` is passed on to ``image_blocks``.
     """
     n, h, wd, c = x.shape
     x_pad = None
-    for images in image_blocks(n, h * wd * c * expansion):
+    for images in image_blocks(n, h * wd * c * expansion, block):
         m = images.stop - images.start
         if x_pad is None:
             x_pad = onp.zeros((m, h + 2 * p, wd + 2 * p, c), dtype=x.dtype)  # border stays 0

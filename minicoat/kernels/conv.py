@@ -7,7 +7,7 @@ as it is, with the measurements: ``docs/performance.md``.
 
 import numpy as onp
 from autograd.extend import defvjp, defvjp_argnums, primitive
-from numpy.lib.stride_tricks import sliding_window_view
+from numpy.lib.stride_tricks import as_strided, sliding_window_view
 
 from ..ops.conv import output_size, tap
 from ..ops.switch import register_kernel
@@ -121,32 +121,45 @@ defvjp(_depthwise_conv2d, _depthwise_vjp_x, _depthwise_vjp_w)
 register_kernel("depthwise_conv2d")(_depthwise_conv2d)
 
 
+def row_windows(x_pad, k, stride, ho, wo):
+    """For every output pixel and kernel row, its k pixels of the padded input: a view.
+
+    ``(m, Hp, Wp, C) -> (m, Ho, Wo, k, k*C)``: ``row_windows(...)[n, i, j, di]`` is
+    ``x_pad[n, i*stride + di, j*stride : j*stride + k, :]`` flattened, k*C values that lie
+    next to each other in memory (one image row is ``Wp*C`` consecutive values). Its last two
+    axes flattened are the ``k*k*C`` columns of im2col in the kernel's order
+    ``(di, dj, c)``, and a copy of it moves runs of k*C values, where a copy of ``windows``
+    (taps apart) moves runs of C.
+    """
+    m, hp, wp, c = x_pad.shape
+    sn, sh, sw, sc = x_pad.strides
+    if sc != x_pad.itemsize or sw != c * sc:
+        raise ValueError("row_windows needs image rows contiguous in memory")
+    return as_strided(x_pad, shape=(m, ho, wo, k, k * c),
+                      strides=(sn, stride * sh, stride * sw, sh, sc), writeable=False)
+
+
 def _im2col(x_pad, k, stride, ho, wo, out=None):
     """All k*k taps of padded images side by side: (m, Ho, Wo, k*k*Ci), tap-major, channel-minor.
 
     Flattened to ``(m*Ho*Wo, k*k*Ci)`` this turns the convolution into one matrix product with
-    the kernel read as ``(k*k*Ci, Co)``. One copy of the windows (``windows``, transposed to
-    ``(m, Ho, Wo, k, k, Ci)``) into ``out`` (a buffer reused from block to block) when given,
-    instead of a concatenation of k*k taps. The copy is split by output rows among the kernel
-    threads; the matrix product that follows runs on the calling thread, on OpenBLAS's own
-    threads (two levels of threads on two cores measured slower, ``docs/performance.md``).
+    the kernel read as ``(k*k*Ci, Co)``. One copy of ``row_windows`` into ``out`` (a buffer
+    reused from block to block) when given, instead of a concatenation of k*k taps.
     """
     m, ci = x_pad.shape[0], x_pad.shape[-1]
-    if out is None:
-        out = onp.empty((m, ho, wo, k, k, ci), dtype=x_pad.dtype)
-    cols = out.reshape(-1)[: m * ho * wo * k * k * ci].reshape(m, ho, wo, k, k, ci)
-    win = windows(x_pad, k, stride, ho, wo).transpose(0, 1, 2, 4, 5, 3)
-
-    def copy(rows):
-        cols[:, rows] = win[:, rows]
-
-    parallel_map(copy, parallel_slices(ho, cols.size))
+    size = m * ho * wo * k * k * ci
+    cols = onp.empty(size, dtype=x_pad.dtype) if out is None else out.reshape(-1)[:size]
+    cols = cols.reshape(m, ho, wo, k, k * ci)
+    cols[...] = row_windows(x_pad, k, stride, ho, wo)
     return cols.reshape(m, ho, wo, k * k * ci)
 
 
 # The dense convolution runs a few images at a time (``padded_blocks``): the im2col matrix of a
-# block (k*k times the block's images) stays ~1 MiB instead of k*k times the whole batch,
-# which keeps the peak memory near that of the input and output, and the copy in the cache.
+# block (k*k times the block's images) stays ~COLS_BLOCK elements instead of k*k times the whole
+# batch, which keeps the peak memory near that of the input and output. The block is larger
+# than the elementwise passes' (8 MiB of float32, not 1): each block is one matrix product on
+# OpenBLAS's threads, which start and stop around every call (``docs/performance.md``).
+COLS_BLOCK = 1 << 21
 
 
 def _conv2d_blocked(x, w, stride):
@@ -157,7 +170,7 @@ def _conv2d_blocked(x, w, stride):
     w_rows = w.reshape(k * k * ci, co)  # row order matches _im2col's columns
     y = onp.empty((n, ho, wo, co), dtype=x.dtype)
     buffer = None
-    for images, x_pad in padded_blocks(x, k // 2, expansion=k * k):
+    for images, x_pad in padded_blocks(x, k // 2, expansion=k * k, block=COLS_BLOCK):
         if buffer is None:
             buffer = onp.empty(len(x_pad) * ho * wo * k * k * ci, dtype=x.dtype)
         cols = _im2col(x_pad, k, stride, ho, wo, out=buffer).reshape(-1, k * k * ci)
@@ -183,7 +196,7 @@ def _conv2d_vjp_x(y, x, w, stride):
             # flipped in space and transposed in channels, (k, k, Co, Ci).
             return _conv2d_blocked(g, w[::-1, ::-1].transpose(0, 1, 3, 2), 1)
         dx = onp.empty(x.shape, dtype=g.dtype)
-        for images in image_blocks(n, h * wd * ci * k * k):
+        for images in image_blocks(n, h * wd * ci * k * k, COLS_BLOCK):
             m = images.stop - images.start
             # The transpose of im2col: the gradient of every column, added back to its pixel.
             d_cols = (g[images].reshape(-1, co) @ w_rows.T).reshape(m, ho, wo, k * k, ci)
@@ -203,7 +216,7 @@ def _conv2d_vjp_w(y, x, w, stride):
     def vjp(g):  # g: (N, Ho, Wo, Co) -> dw: (k, k, Ci, Co)
         dw = onp.zeros((k * k * ci, co), dtype=g.dtype)
         buffer = None
-        for images, x_pad in padded_blocks(x, k // 2, expansion=k * k):
+        for images, x_pad in padded_blocks(x, k // 2, expansion=k * k, block=COLS_BLOCK):
             if buffer is None:
                 buffer = onp.empty(len(x_pad) * ho * wo * k * k * ci, dtype=x.dtype)
             cols = _im2col(x_pad, k, stride, ho, wo, out=buffer).reshape(-1, k * k * ci)
