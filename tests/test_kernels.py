@@ -8,6 +8,7 @@ which maximum of a tied window gets max pooling's gradient; the kernel thread po
 window convolutions and blocked norms equal to the readable tier with 1, 2 and 3 threads.
 """
 
+import os
 import threading
 import warnings
 
@@ -142,8 +143,10 @@ def test_max_pool_gives_a_tied_window_gradient_to_its_first_maximum(impl):
 
 @pytest.fixture
 def kernel_threads(request, monkeypatch):
-    """Run with ``request.param`` kernel threads, splitting even small arrays (MIN_PARALLEL 1)."""
+    """Run with ``request.param`` kernel threads, splitting even small arrays (MIN_PARALLEL 1)
+    and the elementwise passes (ELEMENTWISE)."""
     monkeypatch.setattr(threads, "MIN_PARALLEL", 1)
+    monkeypatch.setattr(threads, "ELEMENTWISE", True)
     previous = threads.set_num_threads(request.param)
     yield request.param
     threads.set_num_threads(previous)
@@ -159,6 +162,9 @@ def test_parallel_map_keeps_order_and_runs_on_the_pool(monkeypatch):
         assert threads.parallel_slices(10, 99) == [slice(0, 10)]  # too small to split
         assert threads.parallel_slices(3, 100) == [slice(0, 1), slice(1, 3)]
         assert threads.parallel_slices(1, 10**9) == [slice(0, 1)]
+        assert threads.parallel_slices(3, 100, elementwise=True) == [slice(0, 3)]  # off
+        monkeypatch.setattr(threads, "ELEMENTWISE", True)
+        assert threads.parallel_slices(3, 100, elementwise=True) == [slice(0, 1), slice(1, 3)]
         with pytest.raises(ZeroDivisionError):  # an error in a worker reaches the caller
             threads.parallel_map(lambda i: 1 / i, [1, 0])
         threads.set_num_threads(1)
@@ -176,6 +182,8 @@ def test_num_threads_refuses_nonsense(value, monkeypatch):
         threads.set_num_threads(0)
     monkeypatch.setenv("MINICOAT_NUM_THREADS", "3")
     assert threads._default_threads() == 3
+    monkeypatch.delenv("MINICOAT_NUM_THREADS")
+    assert threads._default_threads() == len(os.sched_getaffinity(0))  # one per core
 
 
 CONV_CASES = [  # (op name, input shape, kernel shape, stride): odd sizes, stride 2, k = 5
@@ -234,6 +242,7 @@ def test_blockwise_sums_equal_one_sum_with_threads(monkeypatch):
     rows = normal(rng, 5 * blocking.BLOCK // 4 + 3, 4)
     mean = rows.mean(axis=0)
     monkeypatch.setattr(threads, "MIN_PARALLEL", 1)
+    monkeypatch.setattr(threads, "ELEMENTWISE", True)
     previous = threads.set_num_threads(2)
     try:
         sums = blocking.blockwise_sums(

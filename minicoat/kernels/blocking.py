@@ -76,7 +76,7 @@ def blockwise(f, *arrays, channels=(), out=None):
         for part, *vectors in blocks[share]:
             out_rows[part] = f(*(r[part] for r in rows), *vectors)
 
-    parallel_map(run, parallel_slices(len(blocks), out.size))
+    parallel_map(run, parallel_slices(len(blocks), out.size, elementwise=True))
     return out
 
 
@@ -100,7 +100,8 @@ def blockwise_sums(f, rows, *vectors):
                 totals = [t + s for t, s in zip(totals, sums, strict=True)]
         return totals
 
-    shares = [t for t in parallel_map(run, parallel_slices(len(blocks), rows.size)) if t]
+    shares = parallel_map(run, parallel_slices(len(blocks), rows.size, elementwise=True))
+    shares = [t for t in shares if t]
     return tuple(sum(column) for column in zip(*shares, strict=True))
 
 

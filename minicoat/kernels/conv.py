@@ -244,7 +244,7 @@ def _matmul_last(x, w, b):
         def add_bias(rows):
             y[rows] += b
 
-        parallel_map(add_bias, parallel_slices(len(y), y.size))
+        parallel_map(add_bias, parallel_slices(len(y), y.size, elementwise=True))
     return y.reshape(x.shape[:-1] + (w.shape[-1],))
 
 

@@ -1,21 +1,26 @@
-"""A small thread pool for the kernel tier: big elementwise passes on every core.
+"""A small thread pool for the kernel tier: the convolutions on every core.
 
-NumPy's ufuncs run on one core, while torch's elementwise kernels use all of them. NumPy
-releases the GIL inside a ufunc's loop, so Python threads that each run the same NumPy
+NumPy's ufuncs run on one core, while torch's kernels use all of them. NumPy releases the GIL
+inside a ufunc's (and ``einsum``'s) loop, so Python threads that each run the same NumPy
 passes on their own slice of an array do run in parallel; ``parallel_map`` does that for the
 kernels, on a pool created once. On small arrays the hand-off costs more than it saves, so a
 caller splits only work of at least ``MIN_PARALLEL`` elements (``parallel_slices``).
 
-How many threads: ``MINICOAT_NUM_THREADS`` if set, else 1: the pool is off and the kernels run
-on the calling thread. On the 2-core Intel Xeon of ``docs/performance.md`` two threads made
-the depthwise forward 0.29 of main's time instead of 0.40, but the whole training step 1.02-1.03
-times slower than one (likely because OpenBLAS's own two threads hold both cores around every
-matrix product), so the default is the one that measured faster on the step; set
-``MINICOAT_NUM_THREADS=2`` (or the cores you have) to try it on your machine.
-``set_num_threads`` changes it at run time (the tests use it to
-run every kernel both ways). The results are the same either way: each thread writes its own
-slice, and no slice's values depend on how the array was split. What it buys:
-``docs/performance.md``.
+How many threads: ``MINICOAT_NUM_THREADS`` if set, else one per core this process may run on.
+What is split (measured on the 2-core Intel Xeon of ``docs/performance.md``):
+
+* the convolutions (depthwise forward and gradients, the dense weight gradient), each a few
+  long NumPy calls per image block: the depthwise forward takes 0.55-0.75 of one thread's
+  time, and the training step 0.92-0.98;
+* not the elementwise passes (``blocking.py``, ``ELEMENTWISE = False``). Alone, GELU on two
+  threads takes 0.65 of one thread's time; inside the step it buys nothing, because after
+  every matrix product OpenBLAS's own worker spins on the other core (the step's user time is
+  2.0 times its wall time with one kernel thread), and the many short passes then wait on it
+  and on each other for the GIL. ``ELEMENTWISE = True`` splits them too.
+
+``set_num_threads`` changes the count at run time (the tests use it to run every kernel both
+ways). The results are the same either way: each thread writes its own slice, and no slice's
+values depend on how the array was split.
 """
 
 import os
@@ -23,6 +28,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 MIN_PARALLEL = 1 << 17  # elements below which a pass stays on one thread (512 KiB float32)
+ELEMENTWISE = False  # split the elementwise passes too (see above: measured no faster)
 
 
 def _default_threads():
@@ -37,7 +43,7 @@ def _default_threads():
         if n < 1:
             raise ValueError(f"MINICOAT_NUM_THREADS must be a positive integer, got {env!r}")
         return n
-    return 1  # measured faster on the whole step than one thread per core (see above)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 _state = {"threads": _default_threads(), "pool": None}
@@ -92,13 +98,16 @@ def parallel_map(f, items):
     return [first] + [future.result() for future in futures]
 
 
-def parallel_slices(length, elements):
+def parallel_slices(length, elements, elementwise=False):
     """Split ``range(length)`` (rows, or images) into one contiguous slice per thread.
 
     ``elements`` is the total size of the work; below ``MIN_PARALLEL`` (or with one thread)
-    it is one slice. Never more slices than ``length``.
+    it is one slice. Never more slices than ``length``. An ``elementwise`` pass is one slice
+    unless ``ELEMENTWISE`` is set.
     """
     threads = _state["threads"]
+    if elementwise and not ELEMENTWISE:
+        return [slice(0, length)]
     if threads == 1 or elements < MIN_PARALLEL or length <= 1 or in_worker():
         return [slice(0, length)]
     parts = min(threads, length)
