@@ -239,7 +239,7 @@ def conv2d(x, w, b=None, stride=1):
 def _matmul_last(x, w, b):
     x_rows = onp.reshape(x, (-1, x.shape[-1]))  # (M, C_in): one 2-D product, one BLAS call
     y = x_rows @ w  # (M, C_out)
-    if b is not None:  # the bias pass, its rows shared among the kernel threads
+    if b is not None:  # the bias pass (an elementwise one: split only with ELEMENTWISE)
 
         def add_bias(rows):
             y[rows] += b
