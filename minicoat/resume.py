@@ -75,7 +75,7 @@ def resize_checkpoint(path, ckpt, config, data):
     bilinearly, so ``v`` stays >= 0; the step count is kept); BatchNorm statistics do not depend
     on the size. The run record gets the data's definition of the size and a ``resized``
     entry (step, epoch, batch, from, to). ``ValueError`` if ``config`` differs in anything but
-    ``image_size`` or ``ckpt`` is not a training checkpoint.
+    ``image_size``, ``ckpt`` is not a training checkpoint, or its run has finished.
     """
     differences = config_differences(ckpt.config, config)
     if not differences:
@@ -85,6 +85,12 @@ def resize_checkpoint(path, ckpt, config, data):
         raise ValueError(f"{path} was saved with another config (stored != expected): "
                          + "; ".join(differences) + "; only image_size may change on resume")
     _is_training_checkpoint(path, ckpt)
+    epochs = (ckpt.extra.get("hyper") or {}).get("epochs")
+    if ckpt.extra.get("epoch") == epochs:
+        raise ValueError(f"{path}: the run has finished its {epochs} epochs, so nothing is left "
+                         f"to train at {new[0]}x{new[1]}; stop a run (Ctrl-C) where it should "
+                         f"change size, or evaluate this one there (minicoat evaluate "
+                         f"--image-size)")
     params, _ = resize_rel_bias(ckpt.params, ckpt.config, new)
     opt_state = resize_opt_state(ckpt.opt_state, ckpt.config, new)
     check_params(params, ckpt.state, config)  # nothing else in the tree depends on the size

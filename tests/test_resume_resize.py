@@ -281,7 +281,8 @@ def test_bad_sizes_are_refused_in_one_line(stopped, tmp_path, capsys, extra_args
     assert load_checkpoint(path).config == TINY  # nothing was changed
 
 
-def test_other_checkpoints_and_configs_are_refused(stopped, digits, digits16, tmp_path, capsys):
+def test_other_checkpoints_and_configs_are_refused(stopped, resized_run, digits, digits16,
+                                                   tmp_path, capsys):
     _, path = _copy(stopped, tmp_path)
     ckpt = load_checkpoint(path)
     model = tmp_path / "model.npz"  # a model, not a training checkpoint
@@ -290,6 +291,10 @@ def test_other_checkpoints_and_configs_are_refused(stopped, digits, digits16, tm
     assert "is not a training checkpoint" in capsys.readouterr().err
     with pytest.raises(ValueError, match="is not a training checkpoint"):
         resize_checkpoint(model, load_checkpoint(model), BIG, digits16)
+    finished, _ = resized_run
+    _, done = _copy(finished, tmp_path / "finished")
+    assert cli_main(["train", "--resume", done, "--image-size", "24"]) == 2
+    assert "the run has finished its 3 epochs" in capsys.readouterr().err
     with pytest.raises(ValueError, match="only image_size may change"):
         train(BIG.replace(head_dim=8), digits16, HP, resume=path, progress=False, log=_quiet)
     with pytest.raises(ValueError, match=r"takes \(16, 16, 1\) images.*image_size="):
