@@ -3,9 +3,10 @@
 ``minicoat train`` with no arguments trains the ``coatnet-digits`` preset on the 8x8 UCI
 digits that ship inside the package, so it needs no network and no data files.
 ``minicoat train --resume RUN/checkpoint.npz`` continues a stopped run with its own settings
-and data, in its own folder. Every option is checked where it is parsed, and every expected
-failure (a bad option, a missing, hostile or unwritable file, a full disk, a run folder in use)
-ends with one line naming the file or option and what to do, and a non-zero exit status:
+and data, in its own folder (with ``--image-size``, at another image size). Every option is
+checked where it is parsed, and every expected failure (a bad option, a missing, hostile or
+unwritable file, a full disk, a run folder in use) ends with one line naming the file or
+option and what to do, and a non-zero exit status:
 2 for errors, 1 when training diverged, 130 when it was interrupted (Ctrl-C).
 """
 
@@ -143,7 +144,7 @@ def build_parser():
     t.add_argument("--resume", default=None, metavar="CHECKPOINT", type=_path,
                    help="continue a run from its checkpoint.npz, with the run's own settings "
                         "and data (options given must agree with them)")
-    t.add_argument("--image-size", type=_positive_int, nargs="+", default=None, metavar="H [W]",
+    t.add_argument("--image-size", type=_positive_int, nargs="+", default=None, metavar=("H", "W"),
                    help="train at this size, the images resized bilinearly (default: the "
                         "preset's). With --resume: continue the run at this size, its "
                         "relative-bias tables and their optimizer moments resized and the "
@@ -160,7 +161,7 @@ def build_parser():
     e.add_argument("--split", choices=("test", "val", "train"), default="test")
     e.add_argument("--out", default=None, metavar="DIR", type=_path,
                    help="where to write confusion.png (default: the checkpoint's folder)")
-    e.add_argument("--image-size", type=_positive_int, nargs="+", default=None, metavar="H [W]",
+    e.add_argument("--image-size", type=_positive_int, nargs="+", default=None, metavar=("H", "W"),
                    help="run the model at this size: its relative-bias tables are resized, the "
                         "images resized bilinearly (docs/timm.md, 'Any resolution')")
     _add_implementation_argument(e)

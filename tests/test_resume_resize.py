@@ -305,3 +305,10 @@ def test_other_checkpoints_and_configs_are_refused(stopped, resized_run, digits,
                     step=ckpt.step, rng_state=ckpt.rng_state, extra=crafted)
     with pytest.raises(ValueError, match=r"image-size changes .* the last one to the model's"):
         train(TINY, digits, HP, resume=path, progress=False, log=_quiet)
+
+
+def test_help_says_how(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--image-size H [W ...]" in text and "With --resume: continue the run at this size" in text
