@@ -311,4 +311,5 @@ def test_help_says_how(capsys):
     with pytest.raises(SystemExit):
         cli_main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "--image-size H [W ...]" in text and "With --resume: continue the run at this size" in text
+    assert "--image-size H [W ...]" in text
+    assert "With --resume: continue the run at this size" in text
