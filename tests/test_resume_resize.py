@@ -109,9 +109,22 @@ def test_splits_are_resized_with_the_runs_own_normalisation(digits, digits16):
     assert np.array_equal(digits16.mean, digits.mean) and np.array_equal(digits16.std, digits.std)
     assert digits16.definition == {**digits.definition, "image_size": [16, 16]}
     assert digits.definition["image_size"] is None
-    assert (digits.crop_pad, digits16.crop_pad) == (1, 2)  # the same shift, as a fraction
+    assert (digits.crop_pad, digits.flip) == (digits16.crop_pad, digits16.flip)
     same = load_dataset("digits", image_size=8, **SUBSETS)  # the images' own size: no resize
     assert same.definition == digits.definition and np.array_equal(same.x_val, digits.x_val)
+
+
+def test_an_epochs_draws_do_not_depend_on_the_size(stopped, digits, digits16):
+    """An epoch stopped in the middle and continued at another size draws the same
+    augmentation offsets and order again, so the rest of its batches are the images it had
+    not seen yet."""
+    state = load_checkpoint(os.path.join(stopped, "checkpoint.npz")).rng_state
+    orders = []
+    for data in (digits, digits16):
+        rng = restore_rng(state)
+        augment(data.x_train, rng, data.crop_pad, data.flip)
+        orders.append(rng.permutation(len(data.x_train)))
+    assert np.array_equal(*orders)
 
 
 def test_tables_and_their_moments_are_resized_and_nothing_else(stopped, digits16):
@@ -313,3 +326,15 @@ def test_help_says_how(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "--image-size H [W ...]" in text
     assert "With --resume: continue the run at this size" in text
+
+
+def test_a_change_in_the_middle_of_an_epoch(digits, digits16, tmp_path):
+    out = str(tmp_path / "run")
+    with pytest.raises(Interrupted) as info:  # stop after step 4: epoch 2, batch 1
+        train(TINY, digits, HP, out_dir=out, progress=False, log=_quiet, stop=StopAfter(4))
+    result = train(BIG, digits16, HP, out_dir=out, resume=info.value.checkpoint,
+                   progress=False, log=_quiet)
+    assert result["resized"] == [{"step": 4, "epoch": 1, "batch": 1, "from": [8, 8],
+                                  "to": [16, 16]}]
+    assert [row["image_size"] for row in result["history"]] == ["8x8", "16x16", "16x16"]
+    assert [row["step"] for row in result["history"]] == [3, 6, 9]

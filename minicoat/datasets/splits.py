@@ -207,10 +207,10 @@ def load_dataset(name, data_dir=None, download=False, seed=0, val_fraction=0.1,
     as torch's ``interpolate``) after normalising, with the statistics of the images at their
     own size (each resized pixel is a convex combination of pixels, so the normalisation
     commutes with the resize up to rounding; a run resumed at another size keeps its own
-    normalisation). ``crop_pad`` is scaled by the same factor (a 1-pixel pad at 8x8 becomes 2
-    at 16x16), so an augmentation shifts by the same fraction of the image. None, or the
-    images' own size, leaves them as they are; ``definition["image_size"]`` is the new
-    ``[H, W]``, or None.
+    normalisation). ``crop_pad`` and ``flip`` stay as they are, so an epoch's random draws do
+    not depend on the size (a run changing size in the middle of an epoch still sees every
+    image once in it). None, or the images' own size, leaves them as they are;
+    ``definition["image_size"]`` is the new ``[H, W]``, or None.
 
     Raises ``ValueError`` for an unknown name or bad sizes, ``FileNotFoundError`` when the
     files of mnist/fashion-mnist/cifar10 are not in ``data_dir`` (default
@@ -241,9 +241,6 @@ def load_dataset(name, data_dir=None, download=False, seed=0, val_fraction=0.1,
         mean, std = _statistics(mean, std, x_tr.shape[-1])
     raw = {"train": (x_tr, y_tr), "val": (x_va, y_va), "test": (x_te, y_te)}
     size = _new_size(image_size, x_tr.shape[1:3])
-    if size is not None and crop_pad:
-        ratio = min(size[0] / x_tr.shape[1], size[1] / x_tr.shape[2])
-        crop_pad = max(1, round(crop_pad * ratio))
     definition = dict(
         dataset=name, val_fraction=float(val_fraction),
         train_subset=None if train_subset is None else int(train_subset),
