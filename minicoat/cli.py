@@ -3,9 +3,10 @@
 ``minicoat train`` with no arguments trains the ``coatnet-digits`` preset on the 8x8 UCI
 digits that ship inside the package, so it needs no network and no data files.
 ``minicoat train --resume RUN/checkpoint.npz`` continues a stopped run with its own settings
-and data, in its own folder. Every option is checked where it is parsed, and every expected
-failure (a bad option, a missing, hostile or unwritable file, a full disk, a run folder in use)
-ends with one line naming the file or option and what to do, and a non-zero exit status:
+and data, in its own folder (with ``--image-size``, at another image size). Every option is
+checked where it is parsed, and every expected failure (a bad option, a missing, hostile or
+unwritable file, a full disk, a run folder in use) ends with one line naming the file or
+option and what to do, and a non-zero exit status:
 2 for errors, 1 when training diverged, 130 when it was interrupted (Ctrl-C).
 """
 
@@ -143,6 +144,12 @@ def build_parser():
     t.add_argument("--resume", default=None, metavar="CHECKPOINT", type=_path,
                    help="continue a run from its checkpoint.npz, with the run's own settings "
                         "and data (options given must agree with them)")
+    t.add_argument("--image-size", type=_positive_int, nargs="+", default=None, metavar=("H", "W"),
+                   help="train at this size, the images resized bilinearly (default: the "
+                        "preset's). With --resume: continue the run at this size, its "
+                        "relative-bias tables and their optimizer moments resized and the "
+                        "change recorded; a later --resume keeps it (docs/training.md). The "
+                        "model's total stride must divide it")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_implementation_argument(t)
 
@@ -154,7 +161,7 @@ def build_parser():
     e.add_argument("--split", choices=("test", "val", "train"), default="test")
     e.add_argument("--out", default=None, metavar="DIR", type=_path,
                    help="where to write confusion.png (default: the checkpoint's folder)")
-    e.add_argument("--image-size", type=_positive_int, nargs="+", default=None, metavar="H [W]",
+    e.add_argument("--image-size", type=_positive_int, nargs="+", default=None, metavar=("H", "W"),
                    help="run the model at this size: its relative-bias tables are resized, the "
                         "images resized bilinearly (docs/timm.md, 'Any resolution')")
     _add_implementation_argument(e)
@@ -250,6 +257,7 @@ def _train(args):
 
     given = {k: v for k, v in vars(args).items()
              if v is not None and k in MODEL_OPTIONS + HYPER_OPTIONS + DATA_OPTIONS + ("model",)}
+    size = _image_size(args.image_size)
     if args.resume:
         ckpt = load_checkpoint(args.resume)
         stored, hp = _run_settings(args.resume, ckpt)
@@ -260,7 +268,8 @@ def _train(args):
                              f"{', '.join(conflicts)} differ; drop them, or start a new run "
                              f"with another --out to change them")
         settings = stored
-        model_config = ckpt.config
+        model_config = _at_size(ckpt.config, size)  # the one setting a resumed run may change
+        data_size = size or (ckpt.extra.get("data") or {}).get("image_size")
         data_dir = args.data_dir or (ckpt.extra.get("args") or {}).get("data_dir")
         out = args.out or os.path.dirname(os.path.abspath(args.resume))
     else:
@@ -268,24 +277,45 @@ def _train(args):
         settings = {"dataset": dataset, "model": DEFAULT_MODEL[dataset],
                     "epochs": DEFAULT_EPOCHS[dataset], **given}
         overrides = {k: settings[k] for k in MODEL_OPTIONS if k in settings}
-        model_config = preset(settings["model"], **overrides)
+        model_config = _at_size(preset(settings["model"], **overrides), size)
         hp = TrainConfig(**{k: settings[k] for k in HYPER_OPTIONS if k in settings})
-        data_dir = args.data_dir
+        data_size, data_dir = size, args.data_dir
         out = args.out or os.path.join(
-            "runs", f"{dataset}-{settings['model']}-{model_config.layout}-seed{hp.seed}")
+            "runs", f"{dataset}-{settings['model']}-{model_config.layout}-seed{hp.seed}"
+            + (f"-{size[0]}x{size[1]}" if size else ""))
+    settings["image_size"] = list(model_config.image_size)
     # Fail before loading any data if the folder may not be used (checked again, under the
     # folder's lock, when training starts).
     check_folder(out, (ckpt.extra or {}).get("run_id") if args.resume else None,
                  ckpt.step if args.resume else None)
     data = load_dataset(settings["dataset"], data_dir=data_dir, download=args.download,
                         train_subset=settings.get("train_subset"),
-                        test_subset=settings.get("test_subset"))
+                        test_subset=settings.get("test_subset"), image_size=data_size)
     run_args = {**settings, "data_dir": None if data_dir is None else os.path.abspath(data_dir)}
     result = train(model_config, data, hp, out_dir=out, resume=args.resume,
                    progress=not args.no_progress, run_args=run_args)
     print(f"test_accuracy {result['test_accuracy']:.4f}; wrote {out}/metrics.json, metrics.csv,"
           f" curves.png, checkpoint.npz")
     return 0
+
+
+def _image_size(values):
+    """``--image-size H [W]`` as ``(H, W)``, or None when not given."""
+    if values is None:
+        return None
+    if len(values) > 2:
+        raise ValueError(f"--image-size takes H or H W (integers >= 1), got {len(values)} "
+                         f"values: {' '.join(map(str, values))}")
+    return tuple(values) * (2 // len(values))
+
+
+def _at_size(config, size):
+    """``config`` at image size ``size`` (None: as it is), or a ``ValueError`` naming
+    ``--image-size`` and what the model needs."""
+    try:
+        return config if size is None else config.replace(image_size=size)
+    except ValueError as err:
+        raise ValueError(f"--image-size {size[0]} {size[1]}: {err}") from None
 
 
 def _run_settings(path, ckpt):
@@ -334,22 +364,21 @@ def _evaluate(args):
             for v in (mean, std)):
         raise ValueError(f"{args.checkpoint}: the stored normalisation (mean {mean!r:.40}, std "
                          f"{std!r:.40}) is not a list of numbers per channel")
+    params, config = ckpt.params, ckpt.config
+    size = _image_size(args.image_size)
+    if size is not None:
+        from .interop.resize import resize_rel_bias
+
+        _at_size(config, size)  # refuses a size the model cannot take, naming the option
+        params, config = resize_rel_bias(params, config, size)
+    # the images at the model's size (the run's own, or --image-size), resized from their own
     data = load_dataset(dataset, data_dir=args.data_dir, download=args.download,
                         train_subset=args.train_subset or run.get("train_subset"),
                         test_subset=args.test_subset or run.get("test_subset"),
-                        mean=mean, std=std)
-    check_compatible(ckpt.config, data)
+                        mean=mean, std=std, image_size=size or run.get("image_size"))
+    check_compatible(config, data)
     x, y = {"test": (data.x_test, data.y_test), "val": (data.x_val, data.y_val),
             "train": (data.x_train, data.y_train)}[args.split]
-    params, config = ckpt.params, ckpt.config
-    if args.image_size:
-        from .interop.resize import resize_images, resize_rel_bias
-
-        if len(args.image_size) > 2:
-            raise ValueError(f"--image-size takes H or H W, got {args.image_size}")
-        size = tuple(args.image_size) * (2 // len(args.image_size))
-        params, config = resize_rel_bias(params, config, size)
-        x = resize_images(x, size)
     loss, accuracy, predictions = evaluate(params, ckpt.state, x, y, config)
     matrix = confusion_matrix(y, predictions, data.num_classes)
     out = args.out or os.path.dirname(os.path.abspath(args.checkpoint))

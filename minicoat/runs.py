@@ -4,7 +4,8 @@ A run folder (``runs/<dataset>-<model>-<layout>-seed<seed>/`` by default) holds:
 
     args.json       how the run was started (its run id, arguments and hyper-parameters)
     checkpoint.npz  parameters, state, optimizer state, RNG, history, position, data definition
-    metrics.csv     one row per finished epoch (rewritten from the checkpoint's history)
+    metrics.csv     one row per finished epoch (rewritten from the checkpoint's history), with
+                    the image size it ended at (a run resumed at another size shows the change)
     metrics.json    the final metrics (test accuracy) once the run has finished
     curves.png      learning curves, with metrics.json
     .minicoat.lock  the lock (an advisory ``flock``: released by the kernel when its holder
@@ -34,7 +35,8 @@ from .files import remove_stale_temporaries, write_text
 LOCK = ".minicoat.lock"
 RESULTS = ("checkpoint.npz", "metrics.json", "metrics.csv")
 CSV_FIELDS = ("epoch", "step", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
-              "seconds", "images_per_second")
+              "seconds", "images_per_second")  # numbers, in every row of a run's history
+CSV_COLUMNS = CSV_FIELDS + ("image_size",)  # "HxW" the epoch ended at (empty in older runs)
 
 
 class RunFolderError(ValueError):
@@ -138,7 +140,7 @@ def write_args(path, record):
 def write_history(path, history):
     """``metrics.csv`` from the checkpoint's history, atomically."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(history)
     write_text(os.path.join(path, "metrics.csv"), buf.getvalue())

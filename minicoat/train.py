@@ -47,7 +47,7 @@ from .hyper import TrainConfig  # noqa: F401 - minicoat.train.TrainConfig, as be
 from .model import check_params, count_params, forward, init_params
 from .ops import cross_entropy, value_and_grad
 from .optim import clip_grad_norm, make_optimizer
-from .resume import Position, resume_state
+from .resume import Position, resize_checkpoint, resume_state
 from .runs import open_run, write_args, write_history, write_results
 from .schedule import warmup_cosine
 from .tree import flatten
@@ -123,7 +123,8 @@ def check_compatible(model_config, data):
         raise ValueError(
             f"model {model_config.name!r} takes {expected} images and {model_config.num_classes}"
             f" classes, but dataset {data.name!r} has {data.image_shape} images and "
-            f"{data.num_classes} classes; pick a preset made for it (see `minicoat train --help`)"
+            f"{data.num_classes} classes; pick a preset made for it, or resize the images "
+            f"(`load_dataset(..., image_size=)`, `--image-size`; see `minicoat train --help`)"
         )
     for split in ("train", "val", "test"):
         x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
@@ -167,7 +168,10 @@ def train(model_config, data, hp, out_dir=None, resume=None, progress=True, log=
     ``metrics.json`` (with ``test_accuracy``) and ``curves.png``; ``args.json`` (``run_args``
     and the hyper-parameters) when the run starts. ``resume``: a checkpoint of this run to
     continue from (same config, hyper-parameters and data, else ``ValueError`` naming what
-    differs); the result is bit-identical to an uninterrupted run. ``stop``: a
+    differs); the result is bit-identical to an uninterrupted run. A ``model_config`` that
+    differs from the checkpoint's only in ``image_size``, with ``data`` at that size
+    (``load_dataset(..., image_size=)``), continues the run at the new size: tables and their
+    optimizer state resized, the change recorded (``resume.resize_checkpoint``). ``stop``: a
     ``threading.Event`` that stops the run like Ctrl-C does (default: Ctrl-C itself).
 
     Returns the metrics dict (also written to ``metrics.json``), with ``history``,
@@ -182,11 +186,16 @@ def train(model_config, data, hp, out_dir=None, resume=None, progress=True, log=
     warmup_steps = int(round(hp.warmup_epochs * steps_per_epoch))
 
     if resume:
-        ckpt = load_checkpoint(resume, expected_config=model_config)
+        ckpt = load_checkpoint(resume)
+        old_size = ckpt.config.image_size
+        ckpt = resize_checkpoint(resume, ckpt, model_config, data)  # if the size changes
         at = resume_state(resume, ckpt, hp, data, steps_per_epoch)
         params, state, opt_state = ckpt.params, ckpt.state, ckpt.opt_state
         last_good = (resume, at.epoch, at.step)
-        log(f"resumed from {resume} at epoch {at.epoch}, batch {at.batch} (step {at.step})")
+        log(f"resumed from {resume} at epoch {at.epoch}, batch {at.batch} (step {at.step})"
+            + ("" if old_size == model_config.image_size else
+               f" at image size {_size(model_config.image_size)} instead of {_size(old_size)}: "
+               f"relative-bias tables and their optimizer state resized"))
     else:
         params, state = init_params(model_config, hp.seed)
         opt_state = optimizer.init(params)
@@ -198,7 +207,7 @@ def train(model_config, data, hp, out_dir=None, resume=None, progress=True, log=
     def save(position, rng_state):
         extra = dict(run_id=at.run_id, history=history, hyper=dataclasses.asdict(hp),
                      data=data.definition, dataset=data.name, mean=data.mean.tolist(),
-                     std=data.std.tolist(), args=run_args, **position)
+                     std=data.std.tolist(), args=run_args, resized=at.resized, **position)
         save_checkpoint(ckpt_path, params, state, model_config, opt_state=opt_state, step=step,
                         rng_state=rng_state, extra=extra)
         write_history(out_dir, history)
@@ -267,7 +276,8 @@ def train(model_config, data, hp, out_dir=None, resume=None, progress=True, log=
             history.append(dict(
                 epoch=epoch + 1, step=step, lr=lr, train_loss=loss_sum / seen,
                 train_accuracy=correct / seen, val_loss=val_loss, val_accuracy=val_acc,
-                seconds=seconds, images_per_second=seen / seconds))
+                seconds=seconds, images_per_second=seen / seconds,
+                image_size=_size(model_config.image_size)))
             log(f"epoch {epoch + 1}: train loss {loss_sum / seen:.4f} acc {correct / seen:.4f}"
                 f" | val loss {val_loss:.4f} acc {val_acc:.4f} | {seconds:.1f}s")
             if out_dir:
@@ -281,7 +291,8 @@ def train(model_config, data, hp, out_dir=None, resume=None, progress=True, log=
         train_seconds = sum(row["seconds"] for row in history)
         metrics = dict(
             dataset=data.name, model=model_config.to_dict(), hyper=dataclasses.asdict(hp),
-            run_id=at.run_id, data=data.definition, parameters=count_params(params),
+            run_id=at.run_id, data=data.definition, resized=at.resized,
+            parameters=count_params(params),
             epochs=hp.epochs, steps=step, train_loss=history[-1]["train_loss"],
             train_accuracy=history[-1]["train_accuracy"], val_loss=history[-1]["val_loss"],
             val_accuracy=history[-1]["val_accuracy"], test_loss=test_loss,
@@ -295,6 +306,10 @@ def train(model_config, data, hp, out_dir=None, resume=None, progress=True, log=
             write_results(out_dir, metrics, history)
     return {**metrics, "history": history, "params": params, "state": state,
             "predictions": predictions}
+
+
+def _size(image_size):
+    return f"{image_size[0]}x{image_size[1]}"
 
 
 def _interrupted(path, step):

@@ -28,7 +28,7 @@ The package, one concern per module (this one re-exports their public names):
 - ``download``: the download table and checked, atomic downloads;
 - ``sources``: the raw loaders (carried digits, MNIST / Fashion-MNIST, CIFAR-10);
 - ``shapes``: the synthetic relation task;
-- ``splits``: fixed splits, normalisation, the ``Dataset`` record and ``load_dataset``;
+- ``splits``: fixed splits, normalisation, resizing, the ``Dataset`` record and ``load_dataset``;
 - ``batches``: augmentation and minibatches.
 """
 
@@ -69,6 +69,7 @@ from .splits import (
     data_differences,
     load_dataset,
     normalize,
+    resize_split,
     stratified_order,
 )
 
@@ -76,7 +77,7 @@ __all__ = [
     "Dataset", "Remote", "augment", "channel_stats", "data_differences", "default_data_dir",
     "download_file", "extract_cifar10", "iterate_minibatches", "load_cifar10", "load_dataset",
     "load_digits_raw", "load_mnist", "make_shapes", "normalize", "read_cifar10_batch",
-    "read_idx", "sha256_of", "stratified_order",
+    "read_idx", "resize_split", "sha256_of", "stratified_order",
 ]
 
 

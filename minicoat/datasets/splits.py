@@ -184,7 +184,7 @@ def _raw_splits(name, data_dir, download, seed, val_fraction):
 
 
 def load_dataset(name, data_dir=None, download=False, seed=0, val_fraction=0.1,
-                 train_subset=None, test_subset=None, mean=None, std=None):
+                 train_subset=None, test_subset=None, mean=None, std=None, image_size=None):
     """Load a dataset with fixed splits, normalised float32 images ``(N, H, W, C)``.
 
     Splits (fixed: they depend on nothing but ``val_fraction``, never on ``seed``):
@@ -202,6 +202,15 @@ def load_dataset(name, data_dir=None, download=False, seed=0, val_fraction=0.1,
     (so about k/10 per class); ``test_subset`` likewise for the test set. Normalisation uses the
     mean/std of the training images actually kept, unless ``mean`` and ``std`` (``(C,)``, e.g.
     a checkpoint's) are given: then those are used, as evaluating a trained model must.
+
+    ``image_size`` ``(H, W)`` (or an int) resizes every split bilinearly (``resize_images``,
+    as torch's ``interpolate``) after normalising, with the statistics of the images at their
+    own size (each resized pixel is a convex combination of pixels, so the normalisation
+    commutes with the resize up to rounding; a run resumed at another size keeps its own
+    normalisation). ``crop_pad`` and ``flip`` stay as they are, so an epoch's random draws do
+    not depend on the size (a run changing size in the middle of an epoch still sees every
+    image once in it). None, or the images' own size, leaves them as they are;
+    ``definition["image_size"]`` is the new ``[H, W]``, or None.
 
     Raises ``ValueError`` for an unknown name or bad sizes, ``FileNotFoundError`` when the
     files of mnist/fashion-mnist/cifar10 are not in ``data_dir`` (default
@@ -231,22 +240,55 @@ def load_dataset(name, data_dir=None, download=False, seed=0, val_fraction=0.1,
     else:
         mean, std = _statistics(mean, std, x_tr.shape[-1])
     raw = {"train": (x_tr, y_tr), "val": (x_va, y_va), "test": (x_te, y_te)}
+    size = _new_size(image_size, x_tr.shape[1:3])
     definition = dict(
         dataset=name, val_fraction=float(val_fraction),
         train_subset=None if train_subset is None else int(train_subset),
         test_subset=None if test_subset is None else int(test_subset),
         seed=int(seed) if name == "shapes" else None,
         sha256={split: _digest(*arrays) for split, arrays in raw.items()},
-        mean=mean.tolist(), std=std.tolist(),
+        mean=mean.tolist(), std=std.tolist(), image_size=None if size is None else list(size),
     )
+    x = {split: resize_split(normalize(arrays[0], mean, std, scale), size)
+         for split, arrays in raw.items()}
     return Dataset(
         name=name,
-        x_train=normalize(x_tr, mean, std, scale), y_train=y_tr.astype(onp.int64),
-        x_val=normalize(x_va, mean, std, scale), y_val=y_va.astype(onp.int64),
-        x_test=normalize(x_te, mean, std, scale), y_test=y_te.astype(onp.int64),
+        x_train=x["train"], y_train=y_tr.astype(onp.int64),
+        x_val=x["val"], y_val=y_va.astype(onp.int64),
+        x_test=x["test"], y_test=y_te.astype(onp.int64),
         classes=classes, mean=mean, std=std, flip=flip, crop_pad=crop_pad,
         definition=definition,
     )
+
+
+def _new_size(image_size, native):
+    """``image_size`` as ``(H, W)``, or None when it is None or the images' own size."""
+    if image_size is None:
+        return None
+    size = (image_size,) * 2 if isinstance(image_size, numbers.Integral) else image_size
+    try:
+        size = tuple(size)
+    except TypeError:
+        size = ()
+    if len(size) != 2 or not all(isinstance(n, numbers.Integral) and not isinstance(n, bool)
+                                 and n >= 1 for n in size):
+        raise ValueError(f"image_size must be an integer >= 1 or (H, W) of such, got "
+                         f"{image_size!r}")
+    size = (int(size[0]), int(size[1]))
+    return None if size == tuple(native) else size
+
+
+def resize_split(x, size, chunk=1024):
+    """Images ``(N, H, W, C)`` resized bilinearly to ``size`` ``(H', W')`` (``resize_images``),
+    in chunks to bound memory; ``x`` itself when ``size`` is None."""
+    if size is None:
+        return x
+    from ..interop.resize import resize_images
+
+    out = onp.empty((len(x), *size, x.shape[3]), x.dtype)
+    for s in range(0, len(x), chunk):
+        out[s:s + chunk] = resize_images(x[s:s + chunk], size)
+    return out
 
 
 def _statistics(mean, std, channels):

@@ -140,3 +140,27 @@ def resize_rel_bias(params, config, image_size):
             block["attn"]["rel_bias"], old.grid_out, new.grid_out)
         new_params[stage][name] = block
     return new_params, new_config
+
+
+def resize_opt_state(opt_state, config, image_size):
+    """The optimizer state of ``config``'s parameters for another input size.
+
+    Every slot that mirrors the parameters (AdamW's moments ``m`` and ``v``, SGD's
+    ``momentum``) has its ``attn.rel_bias`` entries resized exactly like the tables
+    (``resize_rel_bias``); other leaves and the ints (``step``) are kept. The resize is
+    bilinear: each new entry is a convex combination of old entries (weights >= 0, summing to
+    1), so the first moment moves with its table, and the second moment stays >= 0 (a bicubic
+    resize could overshoot below 0 and make ``sqrt(v)`` NaN). Keeping ``step`` keeps the
+    bias corrections and the learning-rate schedule where the run was.
+
+    Args:
+        opt_state: ``{"m": tree, "v": tree, "step": int}`` (AdamW) or ``{"momentum": tree,
+            "step": int}`` (SGD), each tree shaped like the parameters of ``config``.
+        config: the ``CoAtNetConfig`` the state was made for.
+        image_size: the new ``(H, W)`` (or an int).
+
+    Returns:
+        a new state dict (only the tables' slots are new arrays).
+    """
+    return {slot: resize_rel_bias(leaves, config, image_size)[0] if isinstance(leaves, dict)
+            else leaves for slot, leaves in opt_state.items()}
