@@ -268,3 +268,19 @@ def test_linear_with_bias_equals_readable_with_and_without_threads(dtype, kernel
     np.testing.assert_allclose(y, y_ref, rtol=tol, atol=tol)
     for g, g_ref in zip(grads, grads_ref, strict=True):
         np.testing.assert_allclose(g, g_ref, rtol=tol, atol=tol * np.abs(g_ref).max())
+
+
+def test_the_pool_made_on_first_use_is_no_tampering():
+    """The assignments' guard watches module-level dicts; the pool appears while graded code
+    runs (on a machine with 2+ cores) and must not read as the library being replaced."""
+    from minicoat.assignments.checks.guard import Baseline
+
+    previous = threads.set_num_threads(1)
+    try:
+        threads.set_num_threads(2)  # no pool yet
+        baseline = Baseline()
+        assert threads.parallel_map(lambda i: i * i, range(3)) == [0, 1, 4]
+        assert threads._state.pool is not None
+        assert [c for c in baseline.changes() if "kernels.threads" in c] == []
+    finally:
+        threads.set_num_threads(previous)

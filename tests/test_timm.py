@@ -78,14 +78,14 @@ def test_state_dict_round_trip_is_exact(name):
     model.load_state_dict({k: torch.from_numpy(v) for k, v in back.items()}, strict=True)
 
 
-# CoAtNet-2 adds what CoAtNet-0 and -1 lack: a stage that keeps its input's width (S1: a
-# shortcut pool with no projection). CoAtNet-1 has -0's blocks, deeper; -3 and -4 peak at 6.8 and
-# 10.9 GB (float64 weights and gradients on both sides): measured once with
-# benchmarks/timm_gradients.py (docs/timm.md), not in CI.
+# Every paper-style config at 64x64 (CoAtNet-0 also at the non-square size). CoAtNet-2 adds what
+# CoAtNet-0 and -1 lack: a stage that keeps its input's width (S1: a shortcut pool with no
+# projection). -3 and -4 peak at 6.8 and 10.9 GB (float64 weights and gradients on both sides;
+# benchmarks/timm_gradients.py measures one model alone, docs/timm.md).
 GRAD_CASES = [pytest.param("coatnet_0_224", size, id=f"coatnet_0_224-{size[0]}x{size[1]}")
               for size in SIZES]
-GRAD_CASES.append(pytest.param("coatnet_2_224", SIZES[0], id="coatnet_2_224-64x64",
-                               marks=pytest.mark.slow))
+GRAD_CASES += [pytest.param(name, SIZES[0], id=f"{name}-64x64", marks=pytest.mark.slow)
+               for name in MODELS[1:]]
 
 
 @pytest.mark.parametrize("name, size", GRAD_CASES)

@@ -46,13 +46,23 @@ def _default_threads():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-_state = {"threads": _default_threads(), "pool": None}
+class _State:
+    """The thread count and the pool, made on first use. An object whose attributes change,
+    not a dict: the assignments' tamper guard (``assignments/checks/guard.py``) watches the
+    entries of module-level dicts, and the pool appearing mid-grading is no tampering."""
+
+    def __init__(self, threads):
+        self.threads = threads
+        self.pool = None
+
+
+_state = _State(_default_threads())
 _lock = threading.Lock()
 
 
 def num_threads():
     """The number of threads the kernels split large passes over (1: no pool)."""
-    return _state["threads"]
+    return _state.threads
 
 
 def set_num_threads(n):
@@ -60,22 +70,22 @@ def set_num_threads(n):
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"the number of kernel threads must be an int >= 1, got {n!r}")
     with _lock:
-        previous = _state["threads"]
-        if n != previous and _state["pool"] is not None:
-            _state["pool"].shutdown(wait=True)
-            _state["pool"] = None
-        _state["threads"] = n
+        previous = _state.threads
+        if n != previous and _state.pool is not None:
+            _state.pool.shutdown(wait=True)
+            _state.pool = None
+        _state.threads = n
     return previous
 
 
 def _pool():
     with _lock:
-        if _state["pool"] is None:
+        if _state.pool is None:
             # the calling thread takes one share itself: threads - 1 workers
-            _state["pool"] = ThreadPoolExecutor(
-                max_workers=_state["threads"] - 1, thread_name_prefix="minicoat-kernel"
+            _state.pool = ThreadPoolExecutor(
+                max_workers=_state.threads - 1, thread_name_prefix="minicoat-kernel"
             )
-        return _state["pool"]
+        return _state.pool
 
 
 def in_worker():
@@ -91,7 +101,7 @@ def parallel_map(f, items):
     must not write where another item's call reads or writes. Exceptions propagate.
     """
     items = list(items)
-    if len(items) <= 1 or _state["threads"] == 1 or in_worker():
+    if len(items) <= 1 or _state.threads == 1 or in_worker():
         return [f(item) for item in items]
     futures = [_pool().submit(f, item) for item in items[1:]]
     first = f(items[0])
@@ -105,7 +115,7 @@ def parallel_slices(length, elements, elementwise=False):
     it is one slice. Never more slices than ``length``. An ``elementwise`` pass is one slice
     unless ``ELEMENTWISE`` is set.
     """
-    threads = _state["threads"]
+    threads = _state.threads
     if elementwise and not ELEMENTWISE:
         return [slice(0, length)]
     if threads == 1 or elements < MIN_PARALLEL or length <= 1 or in_worker():
