@@ -10,7 +10,7 @@ How many threads: ``MINICOAT_NUM_THREADS`` if set, else one per core this proces
 What is split (measured on the 2-core Intel Xeon of ``docs/performance.md``):
 
 * the convolutions (depthwise forward and gradients, the dense weight gradient), each a few
-  long NumPy calls per image block: the depthwise forward takes 0.55-0.75 of one thread's
+  long NumPy calls per image block: the depthwise forward takes 0.57-0.78 of one thread's
   time, and the training step 0.92-0.98;
 * not the elementwise passes (``blocking.py``, ``ELEMENTWISE = False``). Alone, GELU on two
   threads takes 0.65 of one thread's time; inside the step it buys nothing, because after
