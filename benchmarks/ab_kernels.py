@@ -76,6 +76,10 @@ def main():
     parser.add_argument("--threads", nargs="+", type=int, default=[threads.num_threads()])
     parser.add_argument("--reps", type=int, default=21)
     parser.add_argument("--no-old", action="store_true", help="only the thread counts, new kernels")
+    parser.add_argument("--settle", type=float, default=0.15,
+                        help="seconds to sleep before each timed run (default 0.15): OpenBLAS's "
+                             "workers spin ~0.1 s after a product, and would take a core from "
+                             "the next variant")
     args = parser.parse_args()
     old, new = load_old_kernels(args.rev)
     variants = [] if args.no_old else [("old", old, args.threads[0])]
@@ -89,6 +93,7 @@ def main():
                 switch._kernels.clear()
                 switch._kernels.update(table)
                 threads.set_num_threads(t)
+                time.sleep(args.settle)
                 t0 = time.perf_counter()
                 fn()
                 if rep:  # the first round warms up

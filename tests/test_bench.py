@@ -44,6 +44,7 @@ def test_quick_bench_writes_every_row(tmp_path, capsys):
     assert machine["torch_threads"] >= 1 and "numpy_blas_threads" in machine
     assert machine["numpy_blas_kernels"]  # "unknown" where NumPy's BLAS is not OpenBLAS
     assert machine["kernel_threads"] >= 1 and machine["implementation"] == "fast"
+    assert machine["owned_cores"] == (machine["kernel_threads"] > 1)  # pip's NumPy: OpenBLAS
     for key in ("cpu_model", "cpu_vendor", "instruction_set", "cpu_kind"):
         assert key in machine
     printed = capsys.readouterr().out

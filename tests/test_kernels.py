@@ -152,6 +152,77 @@ def kernel_threads(request, monkeypatch):
     threads.set_num_threads(previous)
 
 
+@pytest.fixture(params=["plain", "owned", "no-threadpoolctl"])
+def scope(request, kernel_threads, monkeypatch):
+    """Run outside ``owned_cores``, inside it, or inside it as if threadpoolctl were missing
+    (OpenBLAS then keeps its threads, and no product is split)."""
+    if request.param == "no-threadpoolctl":
+        monkeypatch.setattr(threads._state, "blas_split", False)
+    if request.param == "plain":
+        yield request.param
+        return
+    with threads.owned_cores():
+        yield request.param
+
+
+def _blas_threads():
+    return threads._numpy_blas().info()[0]["num_threads"]
+
+
+def test_owned_cores_holds_numpys_openblas_to_one_thread_and_restores_it(monkeypatch):
+    """NumPy's own OpenBLAS (pip's NumPy wheel carries one) is found and held to one thread
+    inside the scope, nested scopes included, and given its threads back on the way out,
+    also after an error; with one kernel thread or without threadpoolctl nothing changes."""
+    assert threads._numpy_blas() is not None, "NumPy's OpenBLAS not found by threadpoolctl"
+    previous = threads.set_num_threads(2)
+    try:
+        with threads._numpy_blas().limit(limits=2):  # whatever the machine has: 2 to start
+            with threads.owned_cores():
+                assert _blas_threads() == 1 and threads._state.owned == 1
+                with threads.owned_cores():
+                    assert threads._state.owned == 2
+                assert _blas_threads() == 1
+            assert _blas_threads() == 2 and threads._state.owned == 0
+            with pytest.raises(KeyError), threads.owned_cores():
+                raise KeyError("x")
+            assert _blas_threads() == 2 and threads._state.owned == 0
+            threads.set_num_threads(1)
+            with threads.owned_cores():
+                assert _blas_threads() == 2 and threads._state.owned == 0
+            threads.set_num_threads(2)
+            monkeypatch.setattr(threads._state, "blas_split", False)
+            with threads.owned_cores():
+                assert _blas_threads() == 2 and threads._state.owned == 0
+    finally:
+        threads.set_num_threads(previous)
+
+
+def test_per_thread_products_splits_where_it_pays(monkeypatch):
+    """Outside ``owned_cores`` only an op worth it ``alone`` is split (with OpenBLAS on one
+    thread for the while); inside, every one; small work and no threadpoolctl: one call."""
+    monkeypatch.setattr(threads, "MIN_PARALLEL", 10)
+    previous = threads.set_num_threads(2)
+
+    def calls(**kwargs):
+        return threads.per_thread_products(
+            lambda part, n: (part, n, _blas_threads()), 6, 100, **kwargs)
+
+    try:
+        with threads._numpy_blas().limit(limits=2):
+            assert calls() == [(slice(0, 3), 2, 1), (slice(3, 6), 2, 1)]
+            assert _blas_threads() == 2
+            assert calls(alone=False) == [(slice(0, 6), 1, 2)]
+            assert threads.per_thread_products(lambda p, n: (p, n), 6, 9) == [(slice(0, 6), 1)]
+            with threads.owned_cores():
+                assert calls(alone=False) == [(slice(0, 3), 2, 1), (slice(3, 6), 2, 1)]
+                assert threads.parallel_slices(6, 100, elementwise=True) == [
+                    slice(0, 3), slice(3, 6)]  # the elementwise passes are split too
+            monkeypatch.setattr(threads._state, "blas_split", False)
+            assert calls() == [(slice(0, 6), 1, 2)]
+    finally:
+        threads.set_num_threads(previous)
+
+
 def test_parallel_map_keeps_order_and_runs_on_the_pool(monkeypatch):
     previous = threads.set_num_threads(2)
     try:
@@ -199,7 +270,7 @@ CONV_CASES = [  # (op name, input shape, kernel shape, stride): odd sizes, strid
 @pytest.mark.parametrize("kernel_threads", [1, 2, 3], indirect=True)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"{c[0]}-{c[1]}-s{c[3]}")
-def test_window_convolutions_equal_readable_with_and_without_threads(case, dtype, kernel_threads):
+def test_window_convolutions_equal_readable_with_and_without_threads(case, dtype, scope):
     name, x_shape, w_shape, stride = case
     rng = np.random.default_rng(4)
     x, w = normal(rng, *x_shape).astype(dtype), normal(rng, *w_shape).astype(dtype)
@@ -217,7 +288,7 @@ def test_window_convolutions_equal_readable_with_and_without_threads(case, dtype
 
 @pytest.mark.parametrize("kernel_threads", [1, 2], indirect=True)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_blocked_norms_equal_readable_with_and_without_threads(dtype, kernel_threads):
+def test_blocked_norms_equal_readable_with_and_without_threads(dtype, scope):
     rng = np.random.default_rng(5)
     rows = 3 * blocking.BLOCK // 8 + 5  # several blocks, the last one short
     x = (2.0 * normal(rng, rows // 5, 5, 1, 8) + 0.5).astype(dtype)
@@ -257,7 +328,7 @@ def test_blockwise_sums_equal_one_sum_with_threads(monkeypatch):
 
 @pytest.mark.parametrize("kernel_threads", [1, 2], indirect=True)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_linear_with_bias_equals_readable_with_and_without_threads(dtype, kernel_threads):
+def test_linear_with_bias_equals_readable_with_and_without_threads(dtype, scope):
     rng = np.random.default_rng(7)
     x, w, b = normal(rng, 3, 5, 7, 6), normal(rng, 6, 9), normal(rng, 9)
     x, w, b = x.astype(dtype), w.astype(dtype), b.astype(dtype)

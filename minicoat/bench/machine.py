@@ -41,6 +41,7 @@ def machine_info():
         "numpy_blas_threads": _numpy_blas_threads(),
         "numpy_blas_kernels": _numpy_blas_kernels(),
         "kernel_threads": kernel_threads.num_threads(),
+        "owned_cores": kernel_threads.owns_cores(),  # in a step: OpenBLAS on 1, kernels split
         "implementation": implementation(),
         "thread_env": {k: v for k, v in os.environ.items() if k.endswith("_NUM_THREADS")},
         "load_average_at_start": _load_average(),

@@ -79,13 +79,20 @@ def format_scaling(scaling):
     return "\n".join(out)
 
 
+def _owned(info):
+    if not info.get("owned_cores"):
+        return ""
+    return " (in a training step: OpenBLAS on 1 thread, the products split among them)"
+
+
 def format_header(info, peak):
     return (
         f"minicoat bench, {info['date']}: {info['cpu_model']} ({info.get('cpu_vendor')}, "
         f"{info.get('instruction_set')}), {info['nproc']} cores, {info['ram_gb']} GB RAM; "
         f"numpy {info['numpy']} ({info['numpy_blas']}, "
         f"{info.get('numpy_blas_kernels', 'unknown')} kernels, BLAS threads "
-        f"{info['numpy_blas_threads']}; kernel threads {info.get('kernel_threads')}, "
+        f"{info['numpy_blas_threads']}; kernel threads {info.get('kernel_threads')}"
+        f"{_owned(info)}, "
         f"implementation {info.get('implementation')}), torch {info['torch']} (threads "
         f"{info['torch_threads']}), float32; load average {info['load_average_at_start']} at "
         f"the start, {info.get('load_average_at_end')} at the end.\n"

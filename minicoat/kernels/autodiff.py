@@ -35,6 +35,7 @@ from autograd.core import VJPNode, add_outgrads, vspace
 from autograd.tracer import isbox, new_box, toposort, trace_stack
 
 from ..ops.switch import register_kernel
+from .threads import owned_cores
 
 
 def _map_leaves(f, tree):
@@ -63,7 +64,8 @@ def make_vjp(fun, x):
             roots.append((VJPNode.new_root(), leaf))
             return new_box(leaf, trace, roots[-1][0])
 
-        end_box = fun(_map_leaves(root_box, x))
+        with owned_cores():  # both cores for the kernel threads (threads.py)
+            end_box = fun(_map_leaves(root_box, x))
         if not (isbox(end_box) and end_box._trace == trace):
             warnings.warn("Output seems independent of input.", stacklevel=2)
             value, end_node = end_box, None
@@ -74,7 +76,8 @@ def make_vjp(fun, x):
         if end_node is None:  # fun(x) does not depend on x
             grads = [None] * len(roots)
         else:
-            grads = _backward_pass(g, end_node, [node for node, _ in roots])
+            with owned_cores():
+                grads = _backward_pass(g, end_node, [node for node, _ in roots])
         leaf_grads = iter(
             vspace(leaf).zeros() if grad is None else grad
             for (_, leaf), grad in zip(roots, grads, strict=True)

@@ -12,7 +12,7 @@ from numpy.lib.stride_tricks import as_strided, sliding_window_view
 from ..ops.conv import output_size, tap
 from ..ops.switch import register_kernel
 from .blocking import column_sums, image_blocks, padded_blocks
-from .threads import parallel_map, parallel_slices
+from .threads import parallel_map, parallel_slices, per_thread_products
 
 
 def windows(x_pad, k, stride, ho, wo):
@@ -157,24 +157,43 @@ def _im2col(x_pad, k, stride, ho, wo, out=None):
 # The dense convolution runs a few images at a time (``padded_blocks``): the im2col matrix of a
 # block (k*k times the block's images) stays ~COLS_BLOCK elements instead of k*k times the whole
 # batch, which keeps the peak memory near that of the input and output. The block is larger
-# than the elementwise passes' (8 MiB of float32, not 1): each block is one matrix product on
-# OpenBLAS's threads, which start and stop around every call (``docs/performance.md``).
+# than the elementwise passes' (8 MiB of float32, not 1): each block is one matrix product, and
+# OpenBLAS's threads start and stop around every call (``docs/performance.md``). When the batch
+# is split among the kernel threads (``per_thread_products``), each takes 1/threads of it.
 COLS_BLOCK = 1 << 21
 
 
+def _im2col_products(x, k, stride, ho, wo, threads, product):
+    """``product(images, cols)`` for each block of ``x``'s images and its im2col matrix
+    ``cols`` ``(m*Ho*Wo, k*k*Ci)``, in one buffer reused from block to block."""
+    ci = x.shape[-1]
+    buffer = None
+    for images, x_pad in padded_blocks(x, k // 2, expansion=k * k, block=COLS_BLOCK // threads):
+        if buffer is None:
+            buffer = onp.empty(len(x_pad) * ho * wo * k * k * ci, dtype=x.dtype)
+        product(images, _im2col(x_pad, k, stride, ho, wo, out=buffer).reshape(-1, k * k * ci))
+
+
 def _conv2d_blocked(x, w, stride):
-    """``conv2d`` without bias in plain NumPy: per block of images, im2col and one product."""
+    """``conv2d`` without bias in plain NumPy: per block of images, im2col and one product.
+
+    The batch is split among the kernel threads, each with its own products
+    (``per_thread_products``)."""
     k, _, ci, co = w.shape
     n, h, wd, _ = x.shape
     ho, wo = output_size(h, k, stride), output_size(wd, k, stride)
     w_rows = w.reshape(k * k * ci, co)  # row order matches _im2col's columns
     y = onp.empty((n, ho, wo, co), dtype=x.dtype)
-    buffer = None
-    for images, x_pad in padded_blocks(x, k // 2, expansion=k * k, block=COLS_BLOCK):
-        if buffer is None:
-            buffer = onp.empty(len(x_pad) * ho * wo * k * k * ci, dtype=x.dtype)
-        cols = _im2col(x_pad, k, stride, ho, wo, out=buffer).reshape(-1, k * k * ci)
-        onp.matmul(cols, w_rows, out=y[images].reshape(-1, co))  # y[images] is contiguous
+
+    def run(part, threads):
+        y_part = y[part]  # contiguous, and so is each y_part[images]
+
+        def product(images, cols):
+            onp.matmul(cols, w_rows, out=y_part[images].reshape(-1, co))
+
+        _im2col_products(x[part], k, stride, ho, wo, threads, product)
+
+    per_thread_products(run, n, x.size * k * k)
     return y
 
 
@@ -196,14 +215,19 @@ def _conv2d_vjp_x(y, x, w, stride):
             # flipped in space and transposed in channels, (k, k, Co, Ci).
             return _conv2d_blocked(g, w[::-1, ::-1].transpose(0, 1, 3, 2), 1)
         dx = onp.empty(x.shape, dtype=g.dtype)
-        for images in image_blocks(n, h * wd * ci * k * k, COLS_BLOCK):
-            m = images.stop - images.start
-            # The transpose of im2col: the gradient of every column, added back to its pixel.
-            d_cols = (g[images].reshape(-1, co) @ w_rows.T).reshape(m, ho, wo, k * k, ci)
-            dx_pad = onp.zeros((m, h + 2 * p, wd + 2 * p, ci), dtype=g.dtype)
-            for t in range(k * k):
-                tap(dx_pad, t // k, t % k, ho, wo, stride)[...] += d_cols[..., t, :]
-            dx[images] = dx_pad[:, p : p + h, p : p + wd]
+
+        def run(part, threads):
+            g_part, dx_part = g[part], dx[part]
+            for images in image_blocks(len(g_part), h * wd * ci * k * k, COLS_BLOCK // threads):
+                m = images.stop - images.start
+                # The transpose of im2col: the gradient of every column, added back to its pixel.
+                d_cols = (g_part[images].reshape(-1, co) @ w_rows.T).reshape(m, ho, wo, k * k, ci)
+                dx_pad = onp.zeros((m, h + 2 * p, wd + 2 * p, ci), dtype=g.dtype)
+                for t in range(k * k):
+                    tap(dx_pad, t // k, t % k, ho, wo, stride)[...] += d_cols[..., t, :]
+                dx_part[images] = dx_pad[:, p : p + h, p : p + wd]
+
+        per_thread_products(run, n, x.size * k * k)
         return dx
 
     return vjp
@@ -214,14 +238,17 @@ def _conv2d_vjp_w(y, x, w, stride):
     ho, wo = y.shape[1:3]
 
     def vjp(g):  # g: (N, Ho, Wo, Co) -> dw: (k, k, Ci, Co)
-        dw = onp.zeros((k * k * ci, co), dtype=g.dtype)
-        buffer = None
-        for images, x_pad in padded_blocks(x, k // 2, expansion=k * k, block=COLS_BLOCK):
-            if buffer is None:
-                buffer = onp.empty(len(x_pad) * ho * wo * k * k * ci, dtype=x.dtype)
-            cols = _im2col(x_pad, k, stride, ho, wo, out=buffer).reshape(-1, k * k * ci)
-            dw += cols.T @ g[images].reshape(-1, co)  # cols: (m*Ho*Wo, k*k*Ci)
-        return dw.reshape(k, k, ci, co)
+        def run(part, threads):  # this thread's images' share of dw
+            dw = onp.zeros((k * k * ci, co), dtype=g.dtype)
+            g_part = g[part]
+
+            def product(images, cols):  # cols: (m*Ho*Wo, k*k*Ci)
+                dw[...] += cols.T @ g_part[images].reshape(-1, co)
+
+            _im2col_products(x[part], k, stride, ho, wo, threads, product)
+            return dw
+
+        return sum(per_thread_products(run, len(x), x.size * k * k)).reshape(k, k, ci, co)
 
     return vjp
 
@@ -238,13 +265,14 @@ def conv2d(x, w, b=None, stride=1):
 @primitive
 def _matmul_last(x, w, b):
     x_rows = onp.reshape(x, (-1, x.shape[-1]))  # (M, C_in): one 2-D product, one BLAS call
-    y = x_rows @ w  # (M, C_out)
-    if b is not None:  # the bias pass (an elementwise one: split only with ELEMENTWISE)
+    y = onp.empty((len(x_rows), w.shape[-1]), dtype=onp.result_type(x, w))  # (M, C_out)
 
-        def add_bias(rows):
+    def run(rows, threads):  # this kernel thread's rows (all of them, on one thread)
+        onp.matmul(x_rows[rows], w, out=y[rows])
+        if b is not None:
             y[rows] += b
 
-        parallel_map(add_bias, parallel_slices(len(y), y.size, elementwise=True))
+    per_thread_products(run, len(y), x_rows.size + y.size, alone=False)
     return y.reshape(x.shape[:-1] + (w.shape[-1],))
 
 
@@ -253,13 +281,23 @@ def _matmul_last_vjp(argnums, y, args, kwargs):
 
     def vjp(g):  # g: (..., C_out)
         g_rows = g.reshape(-1, g.shape[-1])  # (M, C_out)
-        grads = {}
-        if 0 in argnums:  # d_x = g w^T
-            grads[0] = (g_rows @ w.T).reshape(x.shape)
-        if 1 in argnums:  # d_w = x^T g, summed over all M rows in the one product
-            grads[1] = onp.reshape(x, (-1, x.shape[-1])).T @ g_rows
-        if 2 in argnums:  # d_b = sum of g over the rows
-            grads[2] = column_sums(g_rows)
+        x_rows = onp.reshape(x, (-1, x.shape[-1]))
+        d_x = onp.empty(x_rows.shape, dtype=g.dtype) if 0 in argnums else None
+
+        def run(rows, threads):  # this kernel thread's rows: its part of d_x, its sums
+            sums = {}
+            if 0 in argnums:  # d_x = g w^T
+                onp.matmul(g_rows[rows], w.T, out=d_x[rows])
+            if 1 in argnums:  # d_w = x^T g, summed over the rows in one product
+                sums[1] = x_rows[rows].T @ g_rows[rows]
+            if 2 in argnums:  # d_b = sum of g over the rows
+                sums[2] = column_sums(g_rows[rows])
+            return sums
+
+        shares = per_thread_products(run, len(g_rows), x_rows.size + g_rows.size, alone=False)
+        grads = {i: sum(share[i] for share in shares) for i in (1, 2) if i in argnums}
+        if 0 in argnums:
+            grads[0] = d_x.reshape(x.shape)
         return tuple(grads[i] for i in argnums)
 
     return vjp

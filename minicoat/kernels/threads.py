@@ -1,34 +1,47 @@
-"""A small thread pool for the kernel tier: the convolutions on every core.
+"""A small thread pool for the kernel tier: the convolutions, and inside a training step all
+the work, on every core.
 
 NumPy's ufuncs run on one core, while torch's kernels use all of them. NumPy releases the GIL
-inside a ufunc's (and ``einsum``'s) loop, so Python threads that each run the same NumPy
-passes on their own slice of an array do run in parallel; ``parallel_map`` does that for the
-kernels, on a pool created once. On small arrays the hand-off costs more than it saves, so a
-caller splits only work of at least ``MIN_PARALLEL`` elements (``parallel_slices``).
+inside a ufunc's (and ``einsum``'s, and a matrix product's) loop, so Python threads that each
+run the same NumPy calls on their own slice of an array do run in parallel; ``parallel_map``
+does that for the kernels, on a pool created once. On small arrays the hand-off costs more
+than it saves, so a caller splits only work of at least ``MIN_PARALLEL`` elements
+(``parallel_slices``).
 
 How many threads: ``MINICOAT_NUM_THREADS`` if set, else one per core this process may run on.
-What is split (measured on the 2-core Intel Xeon of ``docs/performance.md``):
+What is split (measured on a 2-core Intel Xeon and a 2-core AMD EPYC, ``docs/performance.md``,
+21 and 22):
 
-* the convolutions (depthwise forward and gradients, the dense weight gradient), each a few
-  long NumPy calls per image block: the depthwise forward takes 0.57-0.78 of one thread's
-  time, and the training step 0.92-0.98;
-* not the elementwise passes (``blocking.py``, ``ELEMENTWISE = False``). Alone, GELU on two
-  threads takes 0.65 of one thread's time; inside the step it buys nothing, because after
-  every matrix product OpenBLAS's own worker spins on the other core (the step's user time is
-  2.0 times its wall time with one kernel thread), and the many short passes then wait on it
-  and on each other for the GIL. ``ELEMENTWISE = True`` splits them too.
+* always, the convolutions: the depthwise forward and gradients (a few long ``einsum`` calls
+  per image block), and the dense convolution (``per_thread_products``: each thread runs the
+  im2col copies and the products of its own images, with OpenBLAS held to one thread for the
+  while, where OpenBLAS's threads would share only the products);
+* inside ``owned_cores``, which every ``make_vjp`` (every training step's forward and
+  backward pass) enters, also the linear layers' products and the elementwise passes
+  (``blocking.py``). Outside it they stay on the calling thread (``ELEMENTWISE = True`` splits
+  the passes anyway): after each product on its own threads, OpenBLAS's workers spin for ~0.1 s
+  on the other core, and a second kernel thread finds it taken. Inside, OpenBLAS runs on one
+  thread, its workers sleep, and the kernel threads (which sleep while they wait) have both
+  cores: the step at batch 32 took 0.77-0.89 of the time it took before.
 
 ``set_num_threads`` changes the count at run time (the tests use it to run every kernel both
-ways). The results are the same either way: each thread writes its own slice, and no slice's
-values depend on how the array was split.
+ways). The results are the same up to the order of the additions of a sum over the batch
+(a weight gradient, BatchNorm's statistics): each thread writes its own slice, and adds its
+own share, and the shares are added at the end.
 """
 
+import contextlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+try:  # to hold NumPy's OpenBLAS to one thread while each kernel thread runs its own products
+    from threadpoolctl import ThreadpoolController
+except ImportError:  # pragma: no cover - threadpoolctl is a dependency; without it, no split
+    ThreadpoolController = None
+
 MIN_PARALLEL = 1 << 17  # elements below which a pass stays on one thread (512 KiB float32)
-ELEMENTWISE = False  # split the elementwise passes too (see above: measured no faster)
+ELEMENTWISE = False  # split the elementwise passes outside ``owned_cores`` too (see above)
 
 
 def _default_threads():
@@ -47,13 +60,17 @@ def _default_threads():
 
 
 class _State:
-    """The thread count and the pool, made on first use. An object whose attributes change,
-    not a dict: the assignments' tamper guard (``assignments/checks/guard.py``) watches the
-    entries of module-level dicts, and the pool appearing mid-grading is no tampering."""
+    """The thread count, the pool and NumPy's BLAS (threadpoolctl's handle), made on first
+    use. An object whose attributes change, not a dict: the assignments' tamper guard
+    (``assignments/checks/guard.py``) watches the entries of module-level dicts, and the pool
+    appearing mid-grading is no tampering."""
 
     def __init__(self, threads):
         self.threads = threads
         self.pool = None
+        self.blas = None  # threadpoolctl's controller of NumPy's OpenBLAS, once looked up
+        self.blas_split = ThreadpoolController is not None  # False: products stay on BLAS
+        self.owned = 0  # how many ``owned_cores`` scopes are open (nested: only the outer acts)
 
 
 _state = _State(_default_threads())
@@ -116,10 +133,94 @@ def parallel_slices(length, elements, elementwise=False):
     unless ``ELEMENTWISE`` is set.
     """
     threads = _state.threads
-    if elementwise and not ELEMENTWISE:
+    if elementwise and not (ELEMENTWISE or _state.owned):
         return [slice(0, length)]
     if threads == 1 or elements < MIN_PARALLEL or length <= 1 or in_worker():
         return [slice(0, length)]
     parts = min(threads, length)
     bounds = [length * i // parts for i in range(parts + 1)]
     return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def _numpy_blas():
+    """threadpoolctl's handle on the OpenBLAS that NumPy calls, or None (another BLAS, or none
+    that threadpoolctl knows)."""
+    with _lock:
+        if _state.blas is None:
+            controller = ThreadpoolController()
+            openblas = [lib["filepath"] for lib in controller.info()
+                        if lib["internal_api"] == "openblas"]
+            # NumPy's wheel carries its own (in numpy.libs); a NumPy built against a system
+            # OpenBLAS shares it, and then it is the only one
+            paths = [path for path in openblas if "numpy" in path]
+            paths = paths or (openblas if len(openblas) == 1 else [])
+            # only NumPy's OpenBLAS: scipy's and torch's libraries stay as they are
+            _state.blas = controller.select(filepath=paths) if paths else False
+        return _state.blas or None
+
+
+def _blas_if_splitting():
+    """NumPy's OpenBLAS when the kernel threads may take over its cores, else None."""
+    if _state.threads == 1 or not _state.blas_split or in_worker():
+        return None
+    return _numpy_blas()
+
+
+@contextlib.contextmanager
+def owned_cores():
+    """A scope in which the kernel threads own the cores: NumPy's OpenBLAS runs on one thread,
+    and the kernels split their matrix products and elementwise passes among the kernel threads.
+
+    After every product on its own threads, OpenBLAS's worker threads spin for ~0.1 s waiting
+    for the next one (measured: a process's CPU time grows at full speed for 0.1 s after one
+    1024x1024 product). A training step calls a product every few milliseconds, so one core is
+    always taken by a spinning worker, and a kernel thread splitting a pass finds no free
+    core. With OpenBLAS held to one thread for the whole forward and backward pass, its workers
+    never wake, and the kernel threads, which sleep while they wait, have both cores
+    (``docs/performance.md``, 22). ``make_vjp`` (so ``value_and_grad``, and every training
+    step) runs inside one. Nested scopes are one; with one kernel thread, no threadpoolctl,
+    or another BLAS than OpenBLAS, it does nothing. The limit is process-wide: NumPy products
+    that other Python threads run meanwhile run on one thread too.
+    """
+    blas = _blas_if_splitting()
+    with _lock:
+        outer = blas is not None and _state.owned == 0
+        counted = outer or _state.owned > 0  # in force only where OpenBLAS is held to one
+        _state.owned += counted
+    try:
+        if outer:
+            with blas.limit(limits=1):
+                yield
+        else:
+            yield
+    finally:
+        with _lock:
+            _state.owned -= counted
+
+
+def owns_cores():
+    """True where ``owned_cores`` takes effect: 2+ kernel threads and NumPy's OpenBLAS under
+    threadpoolctl's control (what ``minicoat bench`` reports)."""
+    return _blas_if_splitting() is not None
+
+
+def per_thread_products(f, n, elements, alone=True):
+    """``[f(part, threads) for part in ...]`` over slices of ``range(n)``, one per kernel
+    thread, when each call can run its own matrix products on a single-threaded OpenBLAS.
+
+    Inside ``owned_cores`` the slices always run on the kernel threads. Outside it, an op
+    that is worth it ``alone`` (the dense convolution: with OpenBLAS's threads only its
+    products run on every core, and its im2col copies on one) holds OpenBLAS to one thread
+    for its own while; any other (``alone=False``: a lone product) is one call
+    ``f(slice(0, n), 1)`` on OpenBLAS's threads, as are small work and one kernel thread.
+    """
+    parts = parallel_slices(n, elements)
+    if len(parts) == 1:
+        return [f(slice(0, n), 1)]
+    if _state.owned:
+        return parallel_map(lambda part: f(part, len(parts)), parts)
+    blas = _blas_if_splitting() if alone else None
+    if blas is None:
+        return [f(slice(0, n), 1)]
+    with blas.limit(limits=1):
+        return parallel_map(lambda part: f(part, len(parts)), parts)
