@@ -147,9 +147,29 @@ def kernel_threads(request, monkeypatch):
     and the elementwise passes (ELEMENTWISE)."""
     monkeypatch.setattr(threads, "MIN_PARALLEL", 1)
     monkeypatch.setattr(threads, "ELEMENTWISE", True)
+    # the split passes' blocks as small as the others, so that the shapes below cross block
+    # boundaries either way (test_split_passes_run_in_bigger_blocks: the real size)
+    monkeypatch.setattr(blocking, "SPLIT_BLOCK", blocking.BLOCK)
     previous = threads.set_num_threads(request.param)
     yield request.param
     threads.set_num_threads(previous)
+
+
+def test_split_passes_run_in_bigger_blocks(monkeypatch):
+    rows = np.zeros((4 * blocking.SPLIT_BLOCK // 8, 8), dtype=np.float32)
+    previous = threads.set_num_threads(2)
+    try:
+        assert threads._numpy_blas() is not None
+        assert len(blocking.row_blocks(rows)) == 4 * blocking.SPLIT_BLOCK // blocking.BLOCK
+        with threads.owned_cores():
+            assert threads.splits_elementwise()
+            assert len(blocking.row_blocks(rows)) == 4
+        threads.set_num_threads(1)
+        with threads.owned_cores():
+            assert not threads.splits_elementwise()
+            assert len(blocking.row_blocks(rows)) == 4 * blocking.SPLIT_BLOCK // blocking.BLOCK
+    finally:
+        threads.set_num_threads(previous)
 
 
 @pytest.fixture(params=["plain", "owned", "no-threadpoolctl"])

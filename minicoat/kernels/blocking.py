@@ -9,19 +9,25 @@ sums into one BLAS call, and ``padded_blocks`` pads a few images at a time for c
 
 import numpy as onp
 
-from .threads import parallel_map, parallel_slices
+from .threads import parallel_map, parallel_slices, splits_elementwise
 
 BLOCK = 1 << 16  # elements per block: 256 KiB of float32, which stays in the L2 cache
+# elements per block where the kernel threads share the passes (``threads.owned_cores``): each
+# call of a split pass waits for the GIL on its way out, and fewer, longer calls wait less
+# (``docs/performance.md``, 22)
+SPLIT_BLOCK = 1 << 17
 
 
 def row_blocks(rows):
-    """Slices of ~``BLOCK`` elements (whole rows) over the rows of a 2-D array.
+    """Slices of ~``BLOCK`` elements (whole rows) over the rows of a 2-D array
+    (``SPLIT_BLOCK`` where the elementwise passes are split among the kernel threads).
 
-    An array of at most ``2 * BLOCK`` elements is one slice.
+    An array of at most two blocks is one slice.
     """
-    if rows.size <= 2 * BLOCK:
+    block = SPLIT_BLOCK if splits_elementwise() else BLOCK
+    if rows.size <= 2 * block:
         return [slice(0, len(rows))]
-    step = max(1, BLOCK // max(1, rows.shape[1]))
+    step = max(1, block // max(1, rows.shape[1]))
     return [slice(start, min(len(rows), start + step)) for start in range(0, len(rows), step)]
 
 

@@ -125,6 +125,12 @@ def parallel_map(f, items):
     return [first] + [future.result() for future in futures]
 
 
+def splits_elementwise():
+    """True where ``parallel_slices`` splits the elementwise passes (2+ threads, and inside
+    ``owned_cores`` or with ``ELEMENTWISE`` set)."""
+    return _state.threads > 1 and (ELEMENTWISE or _state.owned > 0) and not in_worker()
+
+
 def parallel_slices(length, elements, elementwise=False):
     """Split ``range(length)`` (rows, or images) into one contiguous slice per thread.
 
@@ -133,7 +139,7 @@ def parallel_slices(length, elements, elementwise=False):
     unless ``ELEMENTWISE`` is set.
     """
     threads = _state.threads
-    if elementwise and not (ELEMENTWISE or _state.owned):
+    if elementwise and not splits_elementwise():
         return [slice(0, length)]
     if threads == 1 or elements < MIN_PARALLEL or length <= 1 or in_worker():
         return [slice(0, length)]
