@@ -225,9 +225,11 @@ def per_thread_products(f, n, elements, alone=True):
     if len(parts) == 1:
         return [f(slice(0, n), 1)]
     if _state.owned:
-        return parallel_map(lambda part: f(part, len(parts)), parts)
-    blas = _blas_if_splitting() if alone else None
-    if blas is None:
-        return [f(slice(0, n), 1)]
-    with blas.limit(limits=1):
+        limit = contextlib.nullcontext()  # OpenBLAS is on one thread already
+    else:
+        blas = _blas_if_splitting() if alone else None
+        if blas is None:
+            return [f(slice(0, n), 1)]
+        limit = blas.limit(limits=1)
+    with limit:
         return parallel_map(lambda part: f(part, len(parts)), parts)
