@@ -10,6 +10,7 @@ window convolutions and blocked norms equal to the readable tier with 1, 2 and 3
 
 import os
 import threading
+import time
 import warnings
 
 import autograd
@@ -262,6 +263,52 @@ def test_parallel_map_keeps_order_and_runs_on_the_pool(monkeypatch):
         assert threads.parallel_slices(10, 10**9) == [slice(0, 10)]
     finally:
         threads.set_num_threads(previous)
+
+
+def test_parallel_blocks_hands_out_each_index_once_to_whichever_thread_is_free(monkeypatch):
+    """Every index runs once, the results come back in index order, a pool thread takes some
+    (the calls sleep, so it wakes in time), errors reach the caller, and work too small to
+    split, or an elementwise pass outside ``owned_cores``, stays on the calling thread."""
+    previous = threads.set_num_threads(2)
+    try:
+        calls = []
+
+        def call(i):
+            calls.append(i)
+            time.sleep(0.002)
+            return i, threading.current_thread().name
+
+        out = threads.parallel_blocks(call, 20, 10**9)
+        assert [i for i, _ in out] == list(range(20)) and sorted(calls) == list(range(20))
+        assert any(name.startswith("minicoat-kernel") for _, name in out)
+        assert any(not name.startswith("minicoat-kernel") for _, name in out)
+        with pytest.raises(ZeroDivisionError):
+            threads.parallel_blocks(lambda i: 1 / (i - 7), 20, 10**9)
+        for args in [(20, 10), (20, 10**9, True)]:  # small; elementwise, not owned
+            out = threads.parallel_blocks(call, *args)
+            assert {name for _, name in out} == {threading.current_thread().name}
+    finally:
+        threads.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("n_threads", [2, 3])
+def test_blockwise_sums_are_the_same_with_any_number_of_threads(n_threads, monkeypatch):
+    """The blocks' sums are added in block order, whichever thread made each: the totals
+    (BatchNorm's statistics and gradient sums) are bit for bit those of one thread."""
+    rows = np.random.default_rng(0).standard_normal((4000, 48)).astype(np.float32)
+    f = lambda part, ones: ((rows[part] * ones).sum(axis=0),)  # noqa: E731 (no BLAS)
+    for name in ("BLOCK", "SPLIT_BLOCK"):
+        monkeypatch.setattr(blocking, name, 1 << 12)  # ~47 blocks, on one thread or more
+    previous = threads.set_num_threads(1)
+    try:
+        (alone,) = blocking.blockwise_sums(f, rows, np.ones(48, np.float32))
+        threads.set_num_threads(n_threads)
+        with threads.owned_cores():
+            assert len(blocking.row_blocks(rows)) > 10
+            (shared,) = blocking.blockwise_sums(f, rows, np.ones(48, np.float32))
+    finally:
+        threads.set_num_threads(previous)
+    np.testing.assert_array_equal(shared, alone)
 
 
 @pytest.mark.parametrize("value", ["0", "two", "-1"])

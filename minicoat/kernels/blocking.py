@@ -9,7 +9,7 @@ sums into one BLAS call, and ``padded_blocks`` pads a few images at a time for c
 
 import numpy as onp
 
-from .threads import parallel_map, parallel_slices, splits_elementwise
+from .threads import parallel_blocks, splits_elementwise
 
 BLOCK = 1 << 16  # elements per block: 256 KiB of float32, which stays in the L2 cache
 # elements per block where the kernel threads share the passes (``threads.owned_cores``): each
@@ -78,11 +78,11 @@ def blockwise(f, *arrays, channels=(), out=None):
     out_rows = out.reshape(-1, width)  # a view: out is contiguous
     blocks = list(channel_blocks(out_rows, *channels))
 
-    def run(share):  # one kernel thread's run of consecutive blocks
-        for part, *vectors in blocks[share]:
-            out_rows[part] = f(*(r[part] for r in rows), *vectors)
+    def run(i):  # one block, on whichever kernel thread takes it
+        part, *vectors = blocks[i]
+        out_rows[part] = f(*(r[part] for r in rows), *vectors)
 
-    parallel_map(run, parallel_slices(len(blocks), out.size, elementwise=True))
+    parallel_blocks(run, len(blocks), out.size, elementwise=True)
     return out
 
 
@@ -91,24 +91,13 @@ def blockwise_sums(f, rows, *vectors):
 
     ``rows`` ``(M, C)`` and the ``(C,)`` vectors are split as by ``channel_blocks``; ``f``
     returns a tuple of per-channel sums for its block (it may also write its own rows of an
-    output). Each kernel thread adds up its own run of blocks, and the threads' totals are
-    added at the end: the same sums as one loop, up to the order of the additions.
+    output). The kernel threads take the blocks as they come free (``parallel_blocks``),
+    and the blocks' sums are added in block order at the end: the same totals, to the bit,
+    with any number of threads (for blocks of the same size; ``row_blocks``).
     """
     blocks = list(channel_blocks(rows, *vectors))
-
-    def run(share):
-        totals = None
-        for block in blocks[share]:
-            sums = f(*block)
-            if totals is None:
-                totals = list(sums)
-            else:
-                totals = [t + s for t, s in zip(totals, sums, strict=True)]
-        return totals
-
-    shares = parallel_map(run, parallel_slices(len(blocks), rows.size, elementwise=True))
-    shares = [t for t in shares if t]
-    return tuple(sum(column) for column in zip(*shares, strict=True))
+    sums = parallel_blocks(lambda i: f(*blocks[i]), len(blocks), rows.size, elementwise=True)
+    return tuple(sum(column) for column in zip(*sums, strict=True))
 
 
 def column_sums(rows):
@@ -162,3 +151,4 @@ def padded_blocks(x, p, expansion=1, block=None):
             x_pad = onp.zeros((m, h + 2 * p, wd + 2 * p, c), dtype=x.dtype)  # border stays 0
         x_pad[:m, p : p + h, p : p + wd] = x[images]
         yield images, x_pad[:m]
+

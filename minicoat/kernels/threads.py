@@ -27,8 +27,10 @@ What is split (measured on a 2-core Intel Xeon and a 2-core AMD EPYC, ``docs/per
 
 ``set_num_threads`` changes the count at run time (the tests use it to run every kernel both
 ways). The results are the same up to the order of the additions of a sum over the batch
-(a weight gradient, BatchNorm's statistics): each thread writes its own slice, and adds its
-own share, and the shares are added at the end.
+(a weight gradient): each thread writes its own slice, and adds its own share, and the
+shares are added at the end. The elementwise passes' blocks go to whichever thread is free
+(``parallel_blocks``), and their sums (BatchNorm's) are added in block order, whichever
+thread made them.
 """
 
 import contextlib
@@ -124,6 +126,33 @@ def parallel_map(f, items):
     futures = [_pool().submit(f, item) for item in items[1:]]
     first = f(items[0])
     return [first] + [future.result() for future in futures]
+
+
+def parallel_blocks(f, n, elements, elementwise=False):
+    """``[f(i) for i in range(n)]``, each index taken by whichever kernel thread is free next.
+
+    For work in many equal pieces (the blocks of an elementwise pass): the calling thread
+    starts at once and a pool thread joins when it wakes (~0.1 ms later on a VM), so the two
+    finish within one piece of each other, where fixed halves would leave the calling thread
+    waiting for the late one. Split as ``parallel_slices(n, elements, elementwise)`` would be
+    (else one loop on the calling thread); ``f`` must write only its own piece's output. The
+    results come back in index order, whoever computed them.
+    """
+    threads = len(parallel_slices(n, elements, elementwise))
+    if threads == 1:
+        return [f(i) for i in range(n)]
+    results = [None] * n
+    indices = iter(range(n))  # shared: next() on it is one step under the GIL, never repeated
+
+    def drain():
+        for i in indices:
+            results[i] = f(i)
+
+    futures = [_pool().submit(drain) for _ in range(threads - 1)]
+    drain()
+    for future in futures:
+        future.result()
+    return results
 
 
 def splits_elementwise():
