@@ -7,6 +7,8 @@ block-sized (measured in ``docs/performance.md``). ``blockwise`` does this for r
 sums into one BLAS call, and ``padded_blocks`` pads a few images at a time for convolutions.
 """
 
+import threading
+
 import numpy as onp
 
 from .threads import parallel_blocks, splits_elementwise
@@ -152,3 +154,28 @@ def padded_blocks(x, p, expansion=1, block=None):
         x_pad[:m, p : p + h, p : p + wd] = x[images]
         yield images, x_pad[:m]
 
+
+class PaddedImageBlocks:
+    """``padded_blocks`` for kernel threads that take the blocks in any order: item ``i`` is
+    ``(images, x_pad)`` for the i-th slice of ``image_blocks``, padded into a buffer of the
+    calling thread's own (made once per thread, its border left zero)."""
+
+    def __init__(self, x, p):
+        n, h, wd, c = x.shape
+        self.x, self.p = x, p
+        self.slices = list(image_blocks(n, h * wd * c))
+        self._buffers = threading.local()
+
+    def __len__(self):
+        return len(self.slices)
+
+    def __getitem__(self, i):
+        images, x, p = self.slices[i], self.x, self.p
+        buffer = getattr(self._buffers, "x_pad", None)
+        if buffer is None:
+            m = self.slices[0].stop - self.slices[0].start  # the first block is the largest
+            h, wd, c = x.shape[1:]
+            buffer = self._buffers.x_pad = onp.zeros((m, h + 2 * p, wd + 2 * p, c), x.dtype)
+        m = images.stop - images.start
+        buffer[:m, p : p + x.shape[1], p : p + x.shape[2]] = x[images]
+        return images, buffer[:m]

@@ -11,8 +11,8 @@ from numpy.lib.stride_tricks import as_strided, sliding_window_view
 
 from ..ops.conv import output_size, tap
 from ..ops.switch import register_kernel
-from .blocking import column_sums, image_blocks, padded_blocks
-from .threads import parallel_map, parallel_slices, per_thread_products
+from .blocking import PaddedImageBlocks, column_sums, image_blocks, padded_blocks
+from .threads import parallel_blocks, per_thread_products
 
 
 def windows(x_pad, k, stride, ho, wo):
@@ -27,34 +27,25 @@ def windows(x_pad, k, stride, ho, wo):
     return win[:, ::stride, ::stride][:, :ho, :wo]
 
 
-def _per_thread(f, n, elements):
-    """Run ``f(images)`` on one slice of the batch per kernel thread (``threads.py``).
-
-    Each call writes only its own images of the output, so the slices run in parallel
-    (NumPy releases the GIL in its loops); a small batch, or one thread, is one call.
-    """
-    parallel_map(f, parallel_slices(n, elements))
-
-
 def _depthwise_blocked(x, w, stride):
     """``depthwise_conv2d_traced`` in plain NumPy: per block of images, one ``einsum``.
 
     ``einsum("nhwcij,ijc->nhwc")`` over the windows of a padded block sums the k*k taps in
     the loop of one call, where the tap-by-tap form makes 2 k*k passes over the block (a
-    product and a sum per tap). Blocks of images stay in the cache; the batch is split among
-    the kernel threads.
+    product and a sum per tap). Blocks of images stay in the cache; the kernel threads take
+    them as they come free (``parallel_blocks``), each writing only its block's images.
     """
     k = w.shape[0]
     n, h, wd, c = x.shape
     ho, wo = output_size(h, k, stride), output_size(wd, k, stride)
     y = onp.empty((n, ho, wo, c), dtype=x.dtype)
+    blocks = PaddedImageBlocks(x, k // 2)
 
-    def run(part):
-        for images, x_pad in padded_blocks(x[part], k // 2):
-            out = y[part][images]
-            onp.einsum("nhwcij,ijc->nhwc", windows(x_pad, k, stride, ho, wo), w, out=out)
+    def run(i):
+        images, x_pad = blocks[i]
+        onp.einsum("nhwcij,ijc->nhwc", windows(x_pad, k, stride, ho, wo), w, out=y[images])
 
-    _per_thread(run, n, x.size * k * k)
+    parallel_blocks(run, len(blocks), x.size * k * k)
     return y
 
 
@@ -74,22 +65,21 @@ def _depthwise_vjp_x(y, x, w, stride):
             # dx[j] = sum_i g[i] w[j - i + p]: the same convolution of g with the flipped kernel.
             return _depthwise_blocked(g, onp.ascontiguousarray(w[::-1, ::-1]), 1)
         # stride 2: each tap's g * w added back into its window of the padded gradient, a
-        # few images at a time (in the cache), the batch split among the kernel threads
+        # few images at a time (in the cache), the blocks shared among the kernel threads
         dx = onp.empty(x.shape, dtype=g.dtype)
+        blocks = list(image_blocks(n, h * wd * c))
 
-        def run(part):
-            g_part, dx_part = g[part], dx[part]
-            for images in image_blocks(len(g_part), h * wd * c):
-                g_block = g_part[images]
-                dx_pad = onp.zeros((len(g_block), h + 2 * p, wd + 2 * p, c), dtype=g.dtype)
-                product = onp.empty_like(g_block)
-                for di in range(k):
-                    for dj in range(k):
-                        onp.multiply(g_block, w[di, dj], out=product)
-                        tap(dx_pad, di, dj, ho, wo, stride)[...] += product
-                dx_part[images] = dx_pad[:, p : p + h, p : p + wd, :]
+        def run(i):
+            g_block = g[blocks[i]]
+            dx_pad = onp.zeros((len(g_block), h + 2 * p, wd + 2 * p, c), dtype=g.dtype)
+            product = onp.empty_like(g_block)
+            for di in range(k):
+                for dj in range(k):
+                    onp.multiply(g_block, w[di, dj], out=product)
+                    tap(dx_pad, di, dj, ho, wo, stride)[...] += product
+            dx[blocks[i]] = dx_pad[:, p : p + h, p : p + wd, :]
 
-        _per_thread(run, n, x.size * k * k)
+        parallel_blocks(run, len(blocks), x.size * k * k)
         return dx
 
     return vjp
@@ -100,17 +90,13 @@ def _depthwise_vjp_w(y, x, w, stride):
     ho, wo = y.shape[1:3]
 
     def vjp(g):  # g: (N, Ho, Wo, C) -> dw: (k, k, C)
-        parts = parallel_slices(len(x), x.size * k * k)
+        blocks = PaddedImageBlocks(x, k // 2)
 
-        def run(part):  # this thread's images' share of dw
-            dw = onp.zeros_like(w)
-            g_part = g[part]
-            for images, x_pad in padded_blocks(x[part], k // 2):
-                win = windows(x_pad, k, stride, ho, wo)
-                dw += onp.einsum("nhwcij,nhwc->ijc", win, g_part[images])
-            return dw
+        def run(i):  # one block's share of dw
+            images, x_pad = blocks[i]
+            return onp.einsum("nhwcij,nhwc->ijc", windows(x_pad, k, stride, ho, wo), g[images])
 
-        return sum(parallel_map(run, parts))
+        return sum(parallel_blocks(run, len(blocks), x.size * k * k))  # in block order
 
     return vjp
 
