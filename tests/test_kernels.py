@@ -21,6 +21,7 @@ import scipy.special
 
 import minicoat as mc
 from minicoat.kernels import activations, blocking, threads
+from minicoat.kernels import conv as conv_kernels
 
 
 @pytest.fixture(autouse=True)
@@ -151,6 +152,9 @@ def kernel_threads(request, monkeypatch):
     # the split passes' blocks as small as the others, so that the shapes below cross block
     # boundaries either way (test_split_passes_run_in_bigger_blocks: the real size)
     monkeypatch.setattr(blocking, "SPLIT_BLOCK", blocking.BLOCK)
+    # and the convolutions one image per block, so that their threads share several blocks
+    monkeypatch.setattr(blocking, "IMAGES_BLOCK", 1)
+    monkeypatch.setattr(conv_kernels, "COLS_BLOCK", 1)
     previous = threads.set_num_threads(request.param)
     yield request.param
     threads.set_num_threads(previous)
