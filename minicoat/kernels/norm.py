@@ -52,15 +52,14 @@ def _normalize(x, mean, scale, beta):
 
 
 def _gradient_sums(x_rows, g_rows, mean):
-    """Per channel, ``(sum g, sum g (x - mean))`` over the rows ``(M, C)``, block by block."""
-    g_sum = column_sums(g_rows)
+    """Per channel, ``(sum g, sum g (x - mean))`` over the rows ``(M, C)``, block by block
+    (both sums of a block while it is in the cache, the blocks shared among the threads)."""
 
-    def block_dot(part, mean_rows):
+    def block_sums(part, mean_rows):
         centered = x_rows[part] - mean_rows
-        return (column_dots(g_rows[part], centered, buffer=centered),)
+        return column_sums(g_rows[part]), column_dots(g_rows[part], centered, buffer=centered)
 
-    (g_dot_centered,) = blockwise_sums(block_dot, x_rows, mean)
-    return g_sum, g_dot_centered
+    return blockwise_sums(block_sums, x_rows, mean)
 
 
 def _batch_norm_backward(x, g, gamma, mean, var, eps, sums=None, out=None):
