@@ -7,7 +7,7 @@ import pytest
 
 import minicoat as mc
 from minicoat.bench import peak_tracemalloc_mb
-from minicoat.kernels import autodiff, threads
+from minicoat.kernels import autodiff, blocking, threads
 from minicoat.testing import gradcheck
 from minicoat.tree import flatten
 
@@ -26,9 +26,17 @@ def _tiny_loss():
     return loss, params
 
 
-def test_value_and_grad_is_autograds_bit_for_bit():
+@pytest.mark.parametrize("min_parallel", [None, 1], ids=["as-is", "every-sum-blocked"])
+def test_value_and_grad_is_autograds_bit_for_bit(min_parallel, monkeypatch):
+    """Also with every sum of two gradients added in blocks on the kernel threads."""
+    blocked = []
+    if min_parallel is not None:
+        monkeypatch.setattr(threads, "MIN_PARALLEL", min_parallel)
+        monkeypatch.setattr(autodiff, "blockwise", lambda *a, **k: blocked.append(1)
+                            or blocking.blockwise(*a, **k))
     loss, params = _tiny_loss()
     value, grads = autodiff.value_and_grad(loss)(params)
+    assert len(blocked) >= 5 or min_parallel is None  # 8 sums of two gradients here
     with threads.owned_cores():  # the kernels split their work as inside autodiff's passes
         value_ag, grads_ag = autograd.value_and_grad(loss)(params)
     assert value == value_ag

@@ -23,6 +23,9 @@ loss back to the inputs, each turning the gradient of its output into gradients 
    own box and root node, the function receives a plain dict of boxed arrays, and each leaf's
    gradient is read off its root.
 
+And where one value feeds two ops (a residual's input), the two gradients reaching it are
+added on the kernel threads (``blockwise``) rather than in one NumPy pass on one core.
+
 The gradients are the same, bit for bit (``tests/test_autodiff.py``); what the two changes buy
 in memory and time is measured in ``docs/performance.md``. It relies on
 autograd's internals ``trace_stack``, ``new_box``, ``VJPNode`` and ``toposort`` (autograd 1.9.1
@@ -31,10 +34,13 @@ here; the tests compare against ``autograd.value_and_grad`` and would catch a ch
 
 import warnings
 
+import numpy as onp
 from autograd.core import VJPNode, add_outgrads, vspace
 from autograd.tracer import isbox, new_box, toposort, trace_stack
 
 from ..ops.switch import register_kernel
+from . import threads
+from .blocking import blockwise
 from .threads import owned_cores
 
 
@@ -126,5 +132,21 @@ def _backward_pass(g, end_node, roots):
         ingrads = node.vjp(outgrad[0])
         node.vjp = None  # drop the closure, and the activations it saved
         for parent, ingrad in zip(node.parents, ingrads, strict=True):
-            outgrads[parent] = add_outgrads(outgrads.get(parent), ingrad)
+            outgrads[parent] = _add_outgrads(outgrads.get(parent), ingrad)
     return [found.get(node) for node in roots]
+
+
+def _add_outgrads(previous, g):
+    """``autograd.core.add_outgrads``: the gradient so far (``(array, may add in place)`` or
+    None) plus ``g``. Two large dense arrays of one shape and dtype are added in blocks on the
+    kernel threads (elementwise, so the same sums), in place where autograd would add in place."""
+    if previous is not None and _blocked_add(previous[0], g):
+        total, mutable = previous
+        out = total if mutable and total.flags.c_contiguous else None
+        return blockwise(onp.add, total, g, out=out), True
+    return add_outgrads(previous, g)
+
+
+def _blocked_add(a, b):
+    return (type(a) is onp.ndarray and type(b) is onp.ndarray and a.shape == b.shape
+            and a.dtype == b.dtype and a.dtype.kind == "f" and a.size >= threads.MIN_PARALLEL)
