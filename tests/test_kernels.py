@@ -357,6 +357,18 @@ def test_window_convolutions_equal_readable_with_and_without_threads(case, dtype
         np.testing.assert_allclose(g, g_ref, rtol=tol, atol=tol * np.abs(g_ref).max())
 
 
+@pytest.mark.parametrize("kernel_threads", [1, 2, 3], indirect=True)
+@pytest.mark.parametrize("shape", [(5, 6, 8, 3), (4, 7, 5, 2)], ids=["even", "odd"])
+def test_max_pool_equals_readable_with_and_without_threads(shape, scope):
+    """Ties included (values rounded to halves), so the first-maximum rule is exercised."""
+    x = np.round(2 * normal(np.random.default_rng(6), *shape)) / 2
+    y, (grad,), _ = _vjps(mc.max_pool2d, [x])
+    with mc.implementation("readable"):
+        y_ref, (grad_ref,), _ = _vjps(mc.max_pool2d, [x])
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(grad, grad_ref)
+
+
 @pytest.mark.parametrize("kernel_threads", [1, 2], indirect=True)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_blocked_norms_equal_readable_with_and_without_threads(dtype, scope):
