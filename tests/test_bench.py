@@ -45,11 +45,15 @@ def test_quick_bench_writes_every_row(tmp_path, capsys):
     assert machine["numpy_blas_kernels"]  # "unknown" where NumPy's BLAS is not OpenBLAS
     assert machine["kernel_threads"] >= 1 and machine["implementation"] == "fast"
     assert machine["owned_cores"] == (machine["kernel_threads"] > 1)  # pip's NumPy: OpenBLAS
-    for key in ("cpu_model", "cpu_vendor", "instruction_set", "cpu_kind"):
+    for key in ("cpu_model", "cpu_vendor", "cpu_family", "cpu_model_number",
+                "instruction_set", "cpu_kind"):
         assert key in machine
     printed = capsys.readouterr().out
     assert "| name | mode | shape | numpy ms | torch ms | numpy/torch" in printed
     assert "kernel threads" in printed and "implementation fast" in printed
+    if machine["cpu_family"] is not None:  # an x86 /proc/cpuinfo
+        family = f"family {machine['cpu_family']} model {machine['cpu_model_number']}"
+        assert family in printed
     assert "train step coatnet-cifar" in printed
 
 
@@ -65,22 +69,37 @@ def test_blas_kernels_say_who_chose_them(monkeypatch):
 
 INTEL = """processor\t: 0
 vendor_id\t: GenuineIntel
+cpu family\t: 6
+model\t\t: 207
 model name\t: Intel(R) Xeon(R) Processor
 flags\t\t: fpu sse2 avx avx2 fma avx512f avx512dq
 
 processor\t: 1
 vendor_id\t: GenuineIntel
+cpu family\t: 6
+model\t\t: 207
 model name\t: Intel(R) Xeon(R) Processor
 flags\t\t: fpu sse2 avx avx2 fma avx512f avx512dq
 """
 
 
-def test_cpu_kind_names_vendor_and_widest_instruction_set():
+def test_cpu_kind_names_vendor_widest_instruction_set_family_and_model():
     cpu = bench_machine.cpu_from_cpuinfo(INTEL)
     assert cpu == {"cpu_model": "Intel(R) Xeon(R) Processor", "cpu_vendor": "GenuineIntel",
-                   "instruction_set": "avx512", "cpu_kind": "intel-avx512"}
-    amd = INTEL.replace("GenuineIntel", "AuthenticAMD").replace(" avx512f avx512dq", "")
-    assert bench_machine.cpu_from_cpuinfo(amd)["cpu_kind"] == "amd-avx2"
+                   "cpu_family": 6, "cpu_model_number": 207,
+                   "instruction_set": "avx512", "cpu_kind": "intel-avx512-f6m207"}
+    # two AMD EPYCs of one model name, a Zen 4 and a Zen 5, are two kinds
+    zen4 = (INTEL.replace("GenuineIntel", "AuthenticAMD").replace("\t: 6\n", "\t: 25\n")
+            .replace("\t: 207\n", "\t: 17\n"))
+    zen5 = zen4.replace("\t: 25\n", "\t: 26\n").replace("\t: 17\n", "\t: 2\n")
+    assert bench_machine.cpu_from_cpuinfo(zen4)["cpu_kind"] == "amd-avx512-f25m17"
+    assert bench_machine.cpu_from_cpuinfo(zen5)["cpu_kind"] == "amd-avx512-f26m2"
+    amd_avx2 = zen5.replace(" avx512f avx512dq", "")
+    assert bench_machine.cpu_from_cpuinfo(amd_avx2)["cpu_kind"] == "amd-avx2-f26m2"
+    arm = "processor\t: 0\nCPU implementer\t: 0x41\nFeatures\t: fp asimd\n"
+    assert bench_machine.cpu_from_cpuinfo(arm) == {
+        "cpu_model": None, "cpu_vendor": "0x41", "cpu_family": None, "cpu_model_number": None,
+        "instruction_set": "neon", "cpu_kind": "arm-neon"}
     assert bench_machine.cpu_from_cpuinfo("")["cpu_kind"] is None
 
 

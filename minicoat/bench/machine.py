@@ -1,7 +1,7 @@
 """What ``minicoat bench`` ran on: CPU, instruction set, BLAS kernels, threads, versions.
 
 ``machine_info`` is the ``machine`` record of the JSON and the header of the table; its
-``cpu_kind`` (say ``intel-avx512``) names the record in ``benchmarks/`` (one per CPU kind).
+``cpu_kind`` (say ``amd-avx512-f26m2``) names the record in ``benchmarks/`` (one per CPU kind).
 """
 
 import datetime
@@ -29,6 +29,8 @@ def machine_info():
         "cpu_count": os.cpu_count(),
         "cpu_model": None,
         "cpu_vendor": None,
+        "cpu_family": None,
+        "cpu_model_number": None,
         "instruction_set": None,
         "cpu_kind": None,
         "ram_gb": None,
@@ -56,11 +58,13 @@ def machine_info():
 
 
 def cpu_from_cpuinfo(text):
-    """``cpu_model``, ``cpu_vendor``, ``instruction_set`` and ``cpu_kind`` from /proc/cpuinfo.
+    """``cpu_model``, ``cpu_vendor``, family, model, ``instruction_set`` and ``cpu_kind``.
 
-    The instruction set is the widest of avx512 (``avx512f``), avx2, avx (x86 flags) or neon
-    (arm ``asimd``) that the first CPU lists; ``cpu_kind`` is vendor and set, as
-    ``intel-avx512`` or ``amd-avx2``: the name of a record in ``benchmarks/``.
+    From the first CPU that /proc/cpuinfo lists. The instruction set is the widest of avx512
+    (``avx512f``), avx2, avx (x86 flags) or neon (arm ``asimd``); ``cpu_kind`` is vendor, set
+    and x86 family and model, as ``amd-avx512-f26m2`` (a Zen 5) or ``intel-avx512-f6m207``:
+    the name of a record in ``benchmarks/``. The family and model tell apart CPUs that share
+    a model name (an ``AMD EPYC`` is a Zen 4 at family 25 and a Zen 5 at 26).
     """
     fields = {}
     for line in text.splitlines():
@@ -71,9 +75,17 @@ def cpu_from_cpuinfo(text):
     isa = next((name for name, flag in _ISA_FLAGS if flag in flags), None)
     vendor = fields.get("vendor_id") or fields.get("CPU implementer")
     short = {"GenuineIntel": "intel", "AuthenticAMD": "amd", "0x41": "arm"}.get(vendor, vendor)
-    kind = "-".join(part.lower() for part in (short, isa) if part) or None
+    family, model = _integer(fields.get("cpu family")), _integer(fields.get("model"))
+    generation = f"f{family}m{model}" if family is not None and model is not None else None
+    kind = "-".join(part.lower() for part in (short, isa, generation) if part) or None
     return {"cpu_model": fields.get("model name"), "cpu_vendor": vendor,
+            "cpu_family": family, "cpu_model_number": model,
             "instruction_set": isa, "cpu_kind": kind}
+
+
+def _integer(text):
+    """A decimal field of /proc/cpuinfo, or None where it is missing or not a number."""
+    return int(text) if text is not None and text.isdigit() else None
 
 
 def _load_average():

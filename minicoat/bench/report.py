@@ -85,9 +85,16 @@ def _owned(info):
     return " (in a training step: OpenBLAS on 1 thread, the products split among them)"
 
 
+def _family(info):
+    if info.get("cpu_family") is None:
+        return ""
+    return f" family {info['cpu_family']} model {info.get('cpu_model_number')}"
+
+
 def format_header(info, peak):
     return (
-        f"minicoat bench, {info['date']}: {info['cpu_model']} ({info.get('cpu_vendor')}, "
+        f"minicoat bench, {info['date']}: {info['cpu_model']} ({info.get('cpu_vendor')}"
+        f"{_family(info)}, "
         f"{info.get('instruction_set')}), {info['nproc']} cores, {info['ram_gb']} GB RAM; "
         f"numpy {info['numpy']} ({info['numpy_blas']}, "
         f"{info.get('numpy_blas_kernels', 'unknown')} kernels, BLAS threads "
