@@ -9,8 +9,8 @@ than it saves, so a caller splits only work of at least ``MIN_PARALLEL`` element
 (``parallel_slices``).
 
 How many threads: ``MINICOAT_NUM_THREADS`` if set, else one per core this process may run on.
-What is split (measured on a 2-core Intel Xeon and a 2-core AMD EPYC, ``docs/performance.md``,
-21 and 22):
+What is split (measured on a 2-core Intel Xeon and two 2-core AMD EPYCs, ``docs/performance.md``,
+21-26):
 
 * always, the convolutions: the depthwise forward and gradients (a few long ``einsum`` calls
   per image block), and the dense convolution (``per_thread_products``: each thread runs the
