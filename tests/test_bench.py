@@ -111,3 +111,51 @@ def test_quick_scaling_covers_every_axis(tmp_path):
     for rows in scaling.values():
         for row in rows:
             assert row["numpy_ms"] > 0 and row["torch_ms"] > 0 and row["ratio"] > 0
+
+
+def _step_profile_module():
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).parent.parent / "benchmarks" / "step_profile.py"
+    spec = importlib.util.spec_from_file_location("step_profile", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_step_profile_adds_up_and_undoes_its_patches():
+    import autograd.core
+
+    from minicoat.kernels import autodiff
+    from minicoat.ops import switch
+
+    step_profile = _step_profile_module()
+    kernels, node_init = dict(switch._kernels), autograd.core.VJPNode.__init__
+    backward_pass = autodiff._backward_pass
+    mean_ms, median_ms, table = step_profile.profile_step("coatnet-digits", 4, steps=2, warmup=1)
+    by_name = {(part, name): ms for part, name, ms in table}
+    assert mean_ms > 0 and median_ms > 0
+    # the kernels' forwards and their VJPs are found by name, each with some time
+    assert by_name[("forward", "batch_norm_gelu")] > 0
+    assert by_name[("backward", "_batch_norm_gelu_train")] > 0
+    assert by_name[("backward", "_matmul_last")] > 0
+    assert by_name[("update", "(adamw)")] > 0
+    assert all(ms >= 0 for ms in by_name.values())  # (rest) too: the parts do not overlap
+    assert abs(sum(by_name.values()) - mean_ms) < 1e-6 * mean_ms
+    assert switch._kernels == kernels and autograd.core.VJPNode.__init__ is node_init
+    assert autodiff._backward_pass is backward_pass
+
+
+def test_step_profile_counts_a_kernel_inside_another_once():
+    import numpy as np
+
+    from minicoat.ops import switch
+
+    profile = _step_profile_module().StepProfile()
+    try:  # a timed kernel calling the (timed) gelu kernel of the switch: one entry, the outer
+        outer = profile._timed("outer", lambda x: switch._kernels["gelu"](x, "none"))
+        outer(np.ones((2, 3, 3, 4), np.float32))
+    finally:
+        profile.close()
+    assert set(profile.forward) == {"outer"} and profile.forward["outer"] > 0
