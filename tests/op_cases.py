@@ -273,6 +273,14 @@ def _linear(g):
     )
 
 
+@case("scale_channels")
+def _scale_channels(g):
+    n, c = g.batch(), g.channels()
+    inputs = {"x": g.normal(n, g.size(), g.size(), c), "s": g.normal(n, c)}
+    return Case(mc.scale_channels, oracle.scale_channels, inputs, {"x": FEATURE_MAP},
+                FEATURE_MAP)
+
+
 @case("squeeze_excitation")
 def _squeeze_excitation(g):
     n, h, wd, c, r = g.batch(), g.size(), g.size(), g.channels(), g.draw(st.integers(1, 2))

@@ -7,4 +7,4 @@ measurements: ``docs/performance.md``. Nothing here runs while the implementatio
 ``"traced"`` or ``"readable"``.
 """
 
-from . import activations, attention, autodiff, conv, norm, pooling  # noqa: F401
+from . import activations, attention, autodiff, conv, layers, norm, pooling  # noqa: F401

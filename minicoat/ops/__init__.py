@@ -11,7 +11,7 @@ from .activations import gelu, log_softmax, sigmoid, silu, softmax
 from .attention import attention_core, gather_rel_bias, relative_attention, relative_position_index
 from .autodiff import make_vjp, value_and_grad
 from .conv import conv1x1, conv2d, depthwise_conv2d, linear
-from .layers import cross_entropy, squeeze_excitation
+from .layers import cross_entropy, scale_channels, squeeze_excitation
 from .norm import batch_norm, batch_norm_gelu, layer_norm
 from .pooling import avg_pool2d, global_avg_pool, max_pool2d
 from .switch import IMPLEMENTATIONS, implementation
@@ -40,6 +40,7 @@ __all__ = [
     "sigmoid",
     "silu",
     "softmax",
+    "scale_channels",
     "squeeze_excitation",
     "value_and_grad",
 ]

@@ -10,7 +10,7 @@ import numpy as onp
 from autograd.tracer import getval
 
 from .activations import gelu, log_softmax, sigmoid, silu, softmax_traced
-from .checks import check_float
+from .checks import check_float, check_rank, check_same_dtype
 from .conv import linear
 from .pooling import global_avg_pool
 from .switch import dispatch, with_vjp
@@ -38,7 +38,50 @@ def squeeze_excitation(x, p, approximate="none", act="gelu"):
     hidden = linear(squeezed, p["w_reduce"], p["b_reduce"])  # (N, R)
     hidden = gelu(hidden, approximate) if act == "gelu" else silu(hidden)
     gate = sigmoid(linear(hidden, p["w_expand"], p["b_expand"]))  # (N, C)
-    return x * gate[:, None, None, :]
+    return scale_channels(x, gate)
+
+
+# -- the gate: each image's channels scaled by factors of its own -------------------------
+
+
+def scale_channels_traced(x, s):
+    """``x * s``, ``s`` broadcast over the pixels (shapes as ``scale_channels``)."""
+    return x * s[:, None, None, :]
+
+
+def scale_channels_backward(g, x, s):
+    """``y = x s``: ``dx = g s`` (broadcast over the pixels) and ``ds = sum_{i,j} g x``, the
+    gradient of a broadcast operand summed over the axes it was broadcast along.
+    Returns ``(dx, ds)``."""
+    return g * s[:, None, None, :], onp.sum(g * x, axis=(1, 2))
+
+
+_scale_channels = dispatch(
+    "scale_channels",
+    traced=scale_channels_traced,
+    readable=with_vjp(scale_channels_traced, scale_channels_backward),
+)
+
+
+def scale_channels(x, s):
+    """``y[n, i, j, c] = x[n, i, j, c] s[n, c]``: squeeze-excitation's gate applied to its map.
+
+    Args:
+        x: ``(N, H, W, C)``.
+        s: ``(N, C)``, of x's dtype.
+
+    Returns:
+        ``(N, H, W, C)``.
+    """
+    check_float("x", x)
+    n, _, _, c = check_rank("x", x, 4, "(N, H, W, C)")
+    if onp.shape(getval(s)) != (n, c):
+        raise ValueError(
+            f"s must have shape (N, C) = ({n}, {c}) for x of shape {onp.shape(getval(x))}, "
+            f"got {onp.shape(getval(s))}"
+        )
+    check_same_dtype(x=x, s=s)
+    return _scale_channels(x, s)
 
 
 # -- cross-entropy --------------------------------------------------------------------------

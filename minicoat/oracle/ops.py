@@ -218,6 +218,11 @@ def linear(x, w, b=None):
     return F.linear(x, w, b)
 
 
+def scale_channels(x, s):
+    """``(N, C, H, W)`` times ``s`` ``(N, C)``, broadcast over the pixels (torch's autograd)."""
+    return x * s[:, :, None, None]
+
+
 def squeeze_excitation(x, p, approximate="none"):
     """Squeeze-excitation of ``(N, C, H, W)`` with ``nn.Linear``-layout weights.
 
