@@ -132,6 +132,24 @@ def test_batch_norm_gelu_rejects_an_unknown_gelu():
         mc.batch_norm_gelu(x, np.ones(3), np.zeros(3), running, True, "erf")
 
 
+def test_batch_norm_gelu_recomputes_the_forward_normalisation_to_the_bit():
+    # The fused VJP reads Phi(z) back as y / z from a z it recomputes from x; near z = 0 a z
+    # that differs from the forward's in its last bits (an offset of 300 standard deviations
+    # leaves z with few correct digits) would make y / z wrong by far more than float32's
+    # rounding. The composed batch_norm then gelu reads its own stored z: they must agree.
+    rng = np.random.default_rng(11)
+    x = (300.0 + normal(rng, 64, 4, 4, 8)).astype(np.float32)
+    gamma = (1.0 + 0.1 * normal(rng, 8)).astype(np.float32)
+    beta = (0.01 * normal(rng, 8)).astype(np.float32)
+    running = {"mean": np.zeros(8, np.float32), "var": np.ones(8, np.float32)}
+    fused = _vjps(lambda x: mc.batch_norm_gelu(x, gamma, beta, running, True)[0], [x])
+    composed = _vjps(lambda x: mc.gelu(mc.batch_norm(x, gamma, beta, running, True)[0]), [x])
+    z = mc.batch_norm(x, gamma, beta, running, True)[0]
+    assert np.sum(np.abs(z) < 1e-3) >= 5  # the inputs do reach z ~ 0
+    np.testing.assert_array_equal(fused[0], composed[0])
+    np.testing.assert_allclose(fused[1][0], composed[1][0], rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("impl", ["readable", "fast"])
 def test_max_pool_gives_a_tied_window_gradient_to_its_first_maximum(impl):
     x = np.zeros((1, 2, 2, 1))

@@ -40,14 +40,23 @@ def _batch_norm_train(x, gamma, beta, mean, var, eps):
     computes them once, as it also needs them for the running statistics, and the VJP
     differentiates through them as the functions of ``x`` that they are.
     """
-    return blockwise(_normalize, x, channels=(mean, gamma / onp.sqrt(var + eps), beta))
+    return blockwise(_normalize, x, channels=_scale_and_shift(gamma, beta, mean, var, eps))
 
 
-def _normalize(x, mean, scale, beta):
-    """``(x - mean) * scale + beta`` on a block, the per-channel vectors as ``(rows, C)``."""
-    z = x - mean
-    z *= scale
-    z += beta
+def _scale_and_shift(gamma, beta, mean, var, eps):
+    """BatchNorm as an affine map per channel: ``y = x * scale + shift``, both ``(C,)``.
+
+    ``scale = gamma / sqrt(var + eps)``, ``shift = beta - mean * scale`` (as torch's CPU kernel
+    folds them): two passes over ``x`` instead of three (``docs/performance.md``, 29).
+    """
+    scale = gamma / onp.sqrt(var + eps)
+    return scale, beta - mean * scale
+
+
+def _normalize(x, scale, shift):
+    """``x * scale + shift`` on a block, the per-channel vectors as ``(rows, C)``."""
+    z = x * scale
+    z += shift
     return z
 
 
@@ -129,7 +138,7 @@ def _batch_norm_gelu_train(x, gamma, beta, mean, var, eps, approximate):
     """``GELU(BatchNorm(x))`` in training mode; ``mean``, ``var`` as in ``_batch_norm_train``."""
     return blockwise(
         lambda *block: gelu_values(_normalize(*block), approximate),
-        x, channels=(mean, gamma / onp.sqrt(var + eps), beta),
+        x, channels=_scale_and_shift(gamma, beta, mean, var, eps),
     )
 
 
@@ -139,21 +148,21 @@ def _batch_norm_gelu_train_vjp(argnums, y, args, kwargs):
     def vjp(g):
         x_value = onp.asarray(x)
         c = x_value.shape[-1]
-        scale = gamma / onp.sqrt(var + eps)
         x_rows, y_rows, g_rows = (a.reshape(-1, c) for a in (x_value, y, g))
         g_z = onp.empty_like(g_rows)  # the gradient w.r.t. z = BatchNorm(x), the GELU's input
 
-        def block(part, mean_rows, scale_rows, beta_rows):
-            # z was not stored: recompute it from x, then g_z = g GELU'(z), GELU'(z) reading
-            # Phi(z) back from the output y (as activations.gelu does) ...
-            centered = x_rows[part] - mean_rows
-            z = centered * scale_rows
-            z += beta_rows
+        def block(part, mean_rows, scale_rows, shift_rows):
+            # z was not stored: recompute it from x exactly as the forward pass did (Phi(z) is
+            # read back as y / z, so z must be the same to the last bit), then g_z = g GELU'(z)
+            # ...
+            z = _normalize(x_rows[part], scale_rows, shift_rows)
             onp.multiply(g_rows[part], gelu_derivative(z, y_rows[part], approximate), out=g_z[part])
             # ... and, while the block is in the cache, BatchNorm's two sums over it
+            centered = onp.subtract(x_rows[part], mean_rows, out=z)
             return column_sums(g_z[part]), column_dots(g_z[part], centered, buffer=centered)
 
-        g_sum, g_dot_centered = blockwise_sums(block, x_rows, mean, scale, beta)
+        scale, shift = _scale_and_shift(gamma, beta, mean, var, eps)
+        g_sum, g_dot_centered = blockwise_sums(block, x_rows, mean, scale, shift)
         g_z = g_z.reshape(x_value.shape)
         grads = _batch_norm_backward(  # d_x overwrites g_z, a full-size array fewer
             x_value, g_z, gamma, mean, var, eps, sums=(g_sum, g_dot_centered), out=g_z
