@@ -34,7 +34,8 @@ def _channel_moments(x):
 
 @primitive
 def _batch_norm_train(x, gamma, beta, mean, var, eps):
-    """Training-mode BatchNorm ``(x - mean) / sqrt(var + eps) * gamma + beta``, hand VJP below.
+    """Training-mode BatchNorm ``(x - mean) / sqrt(var + eps) * gamma + beta`` (computed as
+    ``x * scale + shift``, ``_scale_and_shift``), hand VJP below.
 
     ``mean`` and ``var`` must be x's own batch statistics (``_channel_moments(x)``): the caller
     computes them once, as it also needs them for the running statistics, and the VJP
