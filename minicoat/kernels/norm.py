@@ -153,9 +153,8 @@ def _batch_norm_gelu_train_vjp(argnums, y, args, kwargs):
         g_z = onp.empty_like(g_rows)  # the gradient w.r.t. z = BatchNorm(x), the GELU's input
 
         def block(part, mean_rows, scale_rows, shift_rows):
-            # z was not stored: recompute it from x exactly as the forward pass did (Phi(z) is
-            # read back as y / z, so z must be the same to the last bit), then g_z = g GELU'(z)
-            # ...
+            # z was not stored: recompute it exactly as the forward pass did (Phi(z) is read
+            # back as y / z, so z must be the same to the last bit), then g_z = g GELU'(z) ...
             z = _normalize(x_rows[part], scale_rows, shift_rows)
             onp.multiply(g_rows[part], gelu_derivative(z, y_rows[part], approximate), out=g_z[part])
             # ... and, while the block is in the cache, BatchNorm's two sums over it
