@@ -88,10 +88,18 @@ def test_blockwise_equals_one_call():
     x = normal(rng, 5, 3, blocking.BLOCK // 4 + 3).astype(np.float32)
     g = normal(rng, *x.shape).astype(np.float32)
 
-    def f(a, b):
+    def f(a, b, out=None):  # a new array per block: blockwise copies it into the output
         return a * b + anp.tanh(a)
 
-    np.testing.assert_array_equal(blocking.blockwise(f, x, g), f(x, g))
+    def f_in_place(a, b, out):  # the last pass writes into the output's block
+        return np.add(a * b, anp.tanh(a), out=out)
+
+    expected = f(x, g)
+    np.testing.assert_array_equal(blocking.blockwise(f, x, g), expected)
+    np.testing.assert_array_equal(blocking.blockwise(f_in_place, x, g), expected)
+    into = np.full_like(x, np.nan)
+    assert blocking.blockwise(f_in_place, x, g, out=into) is into
+    np.testing.assert_array_equal(into, expected)
 
 
 @pytest.mark.parametrize("rows", [7, blocking.BLOCK // 16 * 3 + 5])  # one block; several
@@ -100,8 +108,8 @@ def test_blockwise_channels_are_the_broadcast_vectors(rows):
     x = normal(rng, rows, 16).astype(np.float32)
     mean, scale = normal(rng, 16).astype(np.float32), normal(rng, 16).astype(np.float32)
 
-    def f(x, mean, scale):
-        assert mean.shape == scale.shape == x.shape  # written out over the block's rows
+    def f(x, mean, scale, out):
+        assert mean.shape == scale.shape == x.shape == out.shape  # written out over the rows
         return (x - mean) * scale
 
     np.testing.assert_array_equal(

@@ -70,6 +70,11 @@ def blockwise(f, *arrays, channels=(), out=None):
     as ``(rows, C)``, the shape of the blocks it comes with (``channel_blocks``).
     ``out``: a contiguous array of the same shape to write the result into (it may be one of
     the inputs: each block is read before its result is written), instead of a new one.
+
+    ``f`` is called as ``f(*blocks, *vectors, out=out_block)`` and returns the block's result:
+    ``out_block`` itself when its last pass wrote there (``np.add(a, b, out=out)``), or any
+    array, which is then copied into it. Writing in place saves that copy, a pass over the
+    block (GELU: 0.89x the time, ``docs/performance.md``, 30).
     """
     arrays = [onp.asarray(a) for a in arrays]
     shape = arrays[0].shape
@@ -82,7 +87,10 @@ def blockwise(f, *arrays, channels=(), out=None):
 
     def run(i):  # one block, on whichever kernel thread takes it
         part, *vectors = blocks[i]
-        out_rows[part] = f(*(r[part] for r in rows), *vectors)
+        out_block = out_rows[part]
+        result = f(*(r[part] for r in rows), *vectors, out=out_block)
+        if result is not out_block:
+            out_block[...] = result
 
     parallel_blocks(run, len(blocks), out.size, elementwise=True)
     return out

@@ -54,9 +54,9 @@ def _scale_and_shift(gamma, beta, mean, var, eps):
     return scale, beta - mean * scale
 
 
-def _normalize(x, scale, shift):
+def _normalize(x, scale, shift, out=None):
     """``x * scale + shift`` on a block, the per-channel vectors as ``(rows, C)``."""
-    z = x * scale
+    z = onp.multiply(x, scale, out=out)
     z += shift
     return z
 
@@ -95,9 +95,11 @@ def _batch_norm_backward(x, g, gamma, mean, var, eps, sums=None, out=None):
     return d_x, d_gamma, d_beta
 
 
-def _input_gradient(x, g, scale, mean, centered_coef, shift):
-    """``d_x = g * scale - (x - mean) * centered_coef - shift`` on a block (``blockwise``)."""
-    d_x = g * scale
+def _input_gradient(x, g, scale, mean, centered_coef, shift, out=None):
+    """``d_x = g * scale - (x - mean) * centered_coef - shift`` on a block (``blockwise``).
+
+    ``out`` may be ``g``'s block: g is read only by the first pass."""
+    d_x = onp.multiply(g, scale, out=out)
     centered = x - mean
     centered *= centered_coef
     d_x -= centered
@@ -138,7 +140,7 @@ def batch_norm(x, gamma, beta, running, train, momentum, eps):
 def _batch_norm_gelu_train(x, gamma, beta, mean, var, eps, approximate):
     """``GELU(BatchNorm(x))`` in training mode; ``mean``, ``var`` as in ``_batch_norm_train``."""
     return blockwise(
-        lambda *block: gelu_values(_normalize(*block), approximate),
+        lambda x, scale, shift, out: gelu_values(_normalize(x, scale, shift), approximate, out),
         x, channels=_scale_and_shift(gamma, beta, mean, var, eps),
     )
 
