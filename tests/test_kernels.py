@@ -83,6 +83,65 @@ def test_float32_gelu_and_gradient_are_close_to_exact():
     assert np.max(np.abs(vjp(upstream) - upstream * exact_grad)) <= 2e-6 * np.max(np.abs(upstream))
 
 
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_slope_made_in_the_forward_has_the_bits_of_the_derivative(dtype, approximate):
+    # the forward pass's slope (from its own exp(-x^2 / 2) in float32) must be what the
+    # derivative computed from x and y would be, to the bit: zeros, tiny values, both tails
+    # and (exact GELU) the float32 maximum included
+    rng = np.random.default_rng(4)
+    big = 3e38 if approximate == "none" else 1e4  # (the tanh form's x^3 overflows beyond 1e12)
+    x = np.concatenate([normal(rng, 1000) * 4, [0.0, -0.0, 1e-30, -1e-20, 1e-17, -9.0, big]])
+    x = x.astype(dtype)
+    slope = np.full_like(x, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = activations.gelu_and_slope(x, approximate, slope_out=slope)
+    np.testing.assert_array_equal(y, activations.gelu_values(x, approximate))
+    np.testing.assert_array_equal(slope, activations.gelu_derivative(x, y, approximate))
+    assert np.all(np.isfinite(slope)) and slope[x.size - 7] == 0.5  # GELU'(0) = 1/2
+
+
+def test_gelu_keeps_its_slope_only_when_traced():
+    x = np.random.default_rng(5).standard_normal((3, 70_000)).astype(np.float32)
+    plain = mc.gelu(x)  # untraced: no slope is made
+    y, (dx,), upstream = _vjps(mc.gelu, [x])
+    np.testing.assert_array_equal(plain, y)
+    slope = activations.gelu_derivative(x, plain, "none")
+    np.testing.assert_array_equal(dx, (upstream * slope).astype(np.float32))  # as x
+
+
+@pytest.mark.parametrize("kernel_threads", [1, 2], indirect=True)
+def test_float32_batch_norm_gelu_gradients_are_close_to_float64(kernel_threads):
+    # the float32 path (A&S erf, the slope made in the forward) against the teaching tier in
+    # float64, over several blocks: values and all three gradients to float32 accuracy
+    rng = np.random.default_rng(6)
+    x = (2.0 * normal(rng, 8, 9, 9, 48) + 0.5).astype(np.float32)
+    gamma, beta = 1.0 + normal(rng, 48), normal(rng, 48)
+
+    def f(x, gamma, beta):
+        running = {"mean": np.zeros(48, x.dtype), "var": np.ones(48, x.dtype)}
+        return mc.batch_norm_gelu(x, gamma, beta, running, True)[0]
+
+    inputs32 = [x, gamma.astype(np.float32), beta.astype(np.float32)]
+    y32, grads32, upstream = _vjps(f, inputs32)
+    with mc.implementation("readable"):
+        y64, grads64, _ = _vjps(f, [a.astype(np.float64) for a in inputs32])
+    assert y32.dtype == np.float32 and all(g.dtype == np.float32 for g in grads32)
+    np.testing.assert_allclose(y32, y64, rtol=0, atol=2e-6 * np.max(np.abs(y64)))
+    for name, g32, g64 in zip(["x", "gamma", "beta"], grads32, grads64, strict=True):
+        scale = np.max(np.abs(g64))
+        assert np.max(np.abs(g32 - g64)) <= 2e-5 * scale, name
+
+
+def test_zero_blocks_are_read_only_zeros_of_any_shape():
+    for shape, dtype in [((3, 5), np.float32), ((1 << 19,), np.float32), ((2, 2), np.float64)]:
+        zeros = activations._ZEROS.like(np.empty(shape, dtype))
+        assert zeros.shape == shape and zeros.dtype == dtype and not zeros.any()
+        with pytest.raises(ValueError, match="read-only"):
+            zeros[...] = 1.0
+
+
 def test_blockwise_equals_one_call():
     rng = np.random.default_rng(1)
     x = normal(rng, 5, 3, blocking.BLOCK // 4 + 3).astype(np.float32)

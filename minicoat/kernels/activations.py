@@ -1,13 +1,17 @@
-"""GELU's kernel: cache-sized blocks, and a float32 erf of its own.
+"""GELU's kernel: cache-sized blocks, a float32 erf of its own, and the slope made in the forward.
 
-``gelu_values`` and ``gelu_derivative`` act on plain blocks of a larger array (``blockwise``);
-``norm.batch_norm_gelu`` shares them. In float64 the exact GELU uses scipy's erf, so exactness
-checks see the same values as the teaching tier.
+``gelu_values``, ``gelu_derivative`` and ``gelu_and_slope`` act on plain blocks of a larger
+array (``blockwise``); ``norm.batch_norm_gelu`` shares them. When a gradient will be asked for,
+the forward pass computes the derivative ``GELU'(x)`` beside ``GELU(x)`` and keeps it instead of
+``x``: the float32 exact GELU then reuses its own ``exp(-x^2 / 2)``, where a backward pass from
+``x`` would compute it a second time (``docs/performance.md``, 35). In float64 the exact GELU
+uses scipy's erf, so exactness checks see the same values as the teaching tier.
 """
 
 import numpy as onp
 import scipy.special
 from autograd.extend import defvjp, primitive
+from autograd.tracer import Box, getval
 
 from ..ops.activations import INV_SQRT2, INV_SQRT_2PI, SQRT_2_OVER_PI, TANH_COEF
 from ..ops.switch import register_kernel
@@ -26,7 +30,7 @@ _AS_LAM = (0.5 * _AS_A[4]) ** 0.2
 _AS_S = tuple(0.5 * c * _AS_LAM ** -(k + 1) for k, c in enumerate(_AS_A[:4]))  # a1..a4
 
 
-def _lower_tail_float32(a):
+def _lower_tail_float32(a, with_gauss=False):
     """``Phi(-a)`` for float32 ``a >= 0``: ``0.5 erfc(a / sqrt 2)`` by A&S 7.1.26, in float32.
 
     scipy's erf computes in double precision; this rational approximation runs in float32
@@ -34,6 +38,7 @@ def _lower_tail_float32(a):
     evaluation adds a few ulps (at most 2.6e-7 for ``Phi`` on ``[-12, 12]``, tested): harmless
     for float32 training, so it is used for float32 only and float64 keeps scipy's erf for
     exact checks. 14 passes over ``a``, the ``exp`` one of them (``docs/performance.md``, 27).
+    ``with_gauss``: return ``(Phi(-a), exp(-a^2 / 2))``, the Gaussian factor too.
     """
     s = a + _AS_K
     onp.divide(_AS_LAM * _AS_K, s, out=s)  # s = lam t (not np.reciprocal: one pass)
@@ -47,10 +52,10 @@ def _lower_tail_float32(a):
     gauss *= -0.5
     onp.exp(gauss, out=gauss)  # exp(-u^2)
     q *= gauss
-    return q
+    return (q, gauss) if with_gauss else q
 
 
-def gelu_float32(x, out=None):
+def gelu_float32(x, out=None, slope_out=None):
     """``x Phi(x)`` for float32 ``x``, as ``max(x, 0) - |x| Phi(-|x|)`` (A&S 7.1.26 for Phi).
 
     For ``x >= 0``, ``x Phi(x) = x (1 - Phi(-x)) = x - x Phi(-x)``; for ``x < 0`` it is
@@ -60,13 +65,49 @@ def gelu_float32(x, out=None):
     18 passes in all, the last one into ``out`` when given (an array of x's shape).
     Far to the left the tiny negative values keep their size (to A&S's relative error, 1.5% at
     ``x = -9``), where ``1 + erf(x / sqrt 2)`` in float32 would round them to 0.
+    ``slope_out``: also write ``GELU'(x)`` there (``gelu_and_slope``); returns ``y`` either way.
     """
     a = onp.abs(x)
-    tail = _lower_tail_float32(a)
+    tail, gauss = _lower_tail_float32(a, with_gauss=True)
     tail *= a  # |x| Phi(-|x|)
-    y = onp.maximum(x, 0.0, out=out)
+    # against a block of zeros rather than the scalar 0: NumPy 2.4's AVX2 loop for maximum
+    # with a scalar operand took 4x a plain pass on a Zen 3 (docs/performance.md, 35)
+    y = onp.maximum(x, _ZEROS.like(x), out=out)
     y -= tail
+    if slope_out is not None:
+        _slope_from_gauss(x, a, y, gauss, slope_out)
     return y
+
+
+def _slope_from_gauss(x, a, y, gauss, out):
+    """``GELU'(x) = Phi(x) + x phi(x)`` into ``out``, from the forward's ``a = |x|``, ``y`` and
+    ``gauss = exp(-x^2 / 2)``: the same passes, and values, as ``gelu_derivative`` (which
+    computes ``gauss`` again from ``x``), without its ``exp``. Overwrites ``gauss``."""
+    with onp.errstate(divide="ignore", invalid="ignore"):
+        onp.divide(y, x, out=out)  # Phi(x), read back from the output
+    onp.copyto(out, 0.5, where=a < _TINY)
+    gauss *= x
+    gauss *= INV_SQRT_2PI
+    out += gauss
+
+
+class _Zeros:
+    """Read-only zero arrays of any block's shape, views of one buffer per dtype that grows as
+    needed (an object, not a module-level dict: see ``threads._State``)."""
+
+    def __init__(self):
+        self.buffers = {}
+
+    def like(self, x):
+        flat = self.buffers.get(x.dtype)
+        if flat is None or flat.size < x.size:
+            flat = onp.zeros(max(x.size, 1 << 18), x.dtype)
+            flat.flags.writeable = False
+            self.buffers[x.dtype] = flat  # a thread racing here makes a buffer of its own
+        return flat[: x.size].reshape(x.shape)
+
+
+_ZEROS = _Zeros()
 
 
 # GELU and its derivative on a plain block of a larger array (see ``blockwise``), shared by
@@ -117,20 +158,50 @@ def gelu_derivative(x, y, approximate):
     return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * d_inner
 
 
+def gelu_and_slope(x, approximate, out=None, slope_out=None):
+    """``GELU(x)`` of a plain array into ``out`` (if given) and ``GELU'(x)`` into ``slope_out``.
+
+    Returns ``y``. The float32 exact GELU computes the slope from its own ``exp(-x^2 / 2)``
+    (``gelu_float32``); the others compute it from ``x`` and ``y`` (``gelu_derivative``). Either
+    way the slope has the bits that ``gelu_derivative(x, y)`` would give it.
+    """
+    if approximate == "none" and x.dtype == onp.float32:
+        return gelu_float32(x, out, slope_out)
+    y = gelu_values(x, approximate, out)
+    onp.copyto(slope_out, gelu_derivative(x, y, approximate))
+    return y
+
+
+def traced(*values):
+    """True when any of ``values`` is being traced by autograd (a gradient may be asked for)."""
+    return any(isinstance(v, Box) for v in values)
+
+
 @primitive
+def _gelu_with_slope(x, y, slope):
+    """``y = GELU(x)``, computed already with its slope ``GELU'(x)`` (``gelu``); VJP ``g slope``."""
+    return y
+
+
+def _multiply(g, slope, out):
+    return onp.multiply(g, slope, out=out)
+
+
+defvjp(_gelu_with_slope, lambda ans, x, y, slope: lambda g: blockwise(_multiply, g, slope))
+
+
+@register_kernel("gelu")
 def gelu(x, approximate):
-    """``gelu`` on cache-sized blocks (float32: the erf of ``gelu_float32``), hand VJP below."""
-    return blockwise(lambda x, out: gelu_values(x, approximate, out), x)
+    """``gelu`` on cache-sized blocks (float32: the erf of ``gelu_float32``).
 
-
-def _gelu_vjp(y, x, approximate):
-    def block(x, y, g, out):
-        return onp.multiply(g, gelu_derivative(x, y, approximate), out=out)
-
-    return lambda g: blockwise(block, x, y, g)
-
-
-defvjp(gelu, _gelu_vjp)
-
-
-register_kernel("gelu")(gelu)
+    Traced, the forward pass also writes the slope ``GELU'(x)`` and keeps it for the backward
+    pass (one array of x's size, as ``x`` itself would be); untraced, it writes ``y`` alone.
+    """
+    if not traced(x):
+        return blockwise(lambda x, out: gelu_values(x, approximate, out), x)
+    x_value = onp.asarray(getval(x))
+    slope = onp.empty_like(x_value)
+    y = blockwise(
+        lambda x, slope, out: gelu_and_slope(x, approximate, out, slope), x_value, slope
+    )
+    return _gelu_with_slope(x, y, slope)

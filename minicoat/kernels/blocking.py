@@ -74,7 +74,8 @@ def blockwise(f, *arrays, channels=(), out=None):
     ``f`` is called as ``f(*blocks, *vectors, out=out_block)`` and returns the block's result:
     ``out_block`` itself when its last pass wrote there (``np.add(a, b, out=out)``), or any
     array, which is then copied into it. Writing in place saves that copy, a pass over the
-    block (the float32 GELU: 0.89x the time; ``docs/performance.md``, 30).
+    block (the float32 GELU: 0.89x the time; ``docs/performance.md``, 30). ``f`` may also
+    write into the blocks of an array it is given, as a second output (the GELU's slope).
     """
     arrays = [onp.asarray(a) for a in arrays]
     shape = arrays[0].shape

@@ -12,7 +12,7 @@ from autograd.tracer import getval
 
 from ..ops.norm import updated_running
 from ..ops.switch import register_kernel
-from .activations import gelu, gelu_derivative, gelu_values
+from .activations import gelu, gelu_and_slope, gelu_values, traced
 from .blocking import blockwise, blockwise_sums, column_dots, column_sums
 
 
@@ -137,34 +137,29 @@ def batch_norm(x, gamma, beta, running, train, momentum, eps):
 # -- BatchNorm followed by GELU, in one primitive -----------------------------------------
 
 @primitive
-def _batch_norm_gelu_train(x, gamma, beta, mean, var, eps, approximate):
-    """``GELU(BatchNorm(x))`` in training mode; ``mean``, ``var`` as in ``_batch_norm_train``."""
-    return blockwise(
-        lambda x, scale, shift, out: gelu_values(_normalize(x, scale, shift), approximate, out),
-        x, channels=_scale_and_shift(gamma, beta, mean, var, eps),
-    )
+def _batch_norm_gelu_train(x, gamma, beta, mean, var, eps, y, slope):
+    """``y = GELU(BatchNorm(x))`` in training mode, already computed with the GELU's slope at
+    ``z = BatchNorm(x)`` (``batch_norm_gelu``); ``mean``, ``var`` as in ``_batch_norm_train``.
+    Hand VJP below."""
+    return y
 
 
-def _batch_norm_gelu_train_vjp(argnums, y, args, kwargs):
-    x, gamma, beta, mean, var, eps, approximate = args
+def _batch_norm_gelu_train_vjp(argnums, ans, args, kwargs):
+    x, gamma, _, mean, var, eps, _, slope = args
 
     def vjp(g):
         x_value = onp.asarray(x)
         c = x_value.shape[-1]
-        x_rows, y_rows, g_rows = (a.reshape(-1, c) for a in (x_value, y, g))
+        x_rows, slope_rows, g_rows = (a.reshape(-1, c) for a in (x_value, slope, g))
         g_z = onp.empty_like(g_rows)  # the gradient w.r.t. z = BatchNorm(x), the GELU's input
 
-        def block(part, mean_rows, scale_rows, shift_rows):
-            # z was not stored: recompute it exactly as the forward pass did (Phi(z) is read
-            # back as y / z, so z must be the same to the last bit), then g_z = g GELU'(z) ...
-            z = _normalize(x_rows[part], scale_rows, shift_rows)
-            onp.multiply(g_rows[part], gelu_derivative(z, y_rows[part], approximate), out=g_z[part])
-            # ... and, while the block is in the cache, BatchNorm's two sums over it
-            centered = onp.subtract(x_rows[part], mean_rows, out=z)
+        def block(part, mean_rows):
+            # g_z = g GELU'(z), and while the block is in the cache, BatchNorm's two sums over it
+            onp.multiply(g_rows[part], slope_rows[part], out=g_z[part])
+            centered = x_rows[part] - mean_rows
             return column_sums(g_z[part]), column_dots(g_z[part], centered, buffer=centered)
 
-        scale, shift = _scale_and_shift(gamma, beta, mean, var, eps)
-        g_sum, g_dot_centered = blockwise_sums(block, x_rows, mean, scale, shift)
+        g_sum, g_dot_centered = blockwise_sums(block, x_rows, mean)
         g_z = g_z.reshape(x_value.shape)
         grads = _batch_norm_backward(  # d_x overwrites g_z, a full-size array fewer
             x_value, g_z, gamma, mean, var, eps, sums=(g_sum, g_dot_centered), out=g_z
@@ -178,22 +173,34 @@ def _batch_norm_gelu_train_vjp(argnums, y, args, kwargs):
 defvjp_argnums(_batch_norm_gelu_train, _batch_norm_gelu_train_vjp)
 
 
-
-
 @register_kernel("batch_norm_gelu")
 def batch_norm_gelu(x, gamma, beta, running, train, approximate, momentum, eps):
-    """``GELU(BatchNorm(x))`` storing two arrays of x's size for the backward pass, not three.
+    """``GELU(BatchNorm(x))`` keeping two arrays of x's size for the backward pass, not three.
 
-    The separate ops keep BatchNorm's input, the GELU's input and its output; the fused one
-    keeps x and the output and recomputes the normalised ``z`` from x when the gradient is
-    needed, one cheap elementwise pass. (torch's autograd stores all three.)
+    The separate ops keep BatchNorm's input, the GELU's input and its output (torch's autograd
+    too). The fused one keeps x, for BatchNorm's gradient, and the GELU's slope at
+    ``z = BatchNorm(x)``, made in the forward pass beside the output (``gelu_and_slope``);
+    the output itself is the next op's input. Untraced, it writes the output alone.
     """
     if not train:
         y, running = batch_norm(x, gamma, beta, running, False, momentum, eps)
         return gelu(y, approximate), running
     x_value = onp.asarray(getval(x))
     mean, var = _channel_moments(x_value)
-    y = _batch_norm_gelu_train(x, gamma, beta, mean, var, eps, approximate)
+    scale_shift = _scale_and_shift(getval(gamma), getval(beta), mean, var, eps)
+    if traced(x, gamma, beta):
+        slope = onp.empty_like(x_value)
+
+        def block(x, slope, scale, shift, out):
+            return gelu_and_slope(_normalize(x, scale, shift), approximate, out, slope)
+
+        y = blockwise(block, x_value, slope, channels=scale_shift)
+        y = _batch_norm_gelu_train(x, gamma, beta, mean, var, eps, y, slope)
+    else:
+        y = blockwise(
+            lambda x, scale, shift, out: gelu_values(_normalize(x, scale, shift), approximate, out),
+            x_value, channels=scale_shift,
+        )
     return y, updated_running(running, mean, var, x_value.size // x_value.shape[-1], momentum)
 
 
