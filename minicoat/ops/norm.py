@@ -139,7 +139,8 @@ def _batch_norm_then_gelu(x, gamma, beta, running, train, approximate, momentum,
     return gelu(y, approximate), new_running
 
 
-# the kernel tier fuses the two into one op that stores less for the backward pass
+# the kernel tier fuses the two into one op: one blocked pass each way, the GELU's slope
+# made in the forward pass (docs/performance.md, 9 and 35)
 _batch_norm_gelu = dispatch(
     "batch_norm_gelu", traced=_batch_norm_then_gelu, readable=_batch_norm_then_gelu
 )
@@ -152,7 +153,8 @@ def batch_norm_gelu(
 
     The same values as ``gelu(batch_norm(x, ...)[0], approximate)``: that composition is the
     traced and readable implementation; the kernel tier fuses the pair (as timm's
-    ``BatchNormAct2d`` pairs the two layers) so that it stores less for the backward pass.
+    ``BatchNormAct2d`` pairs the two layers): one blocked pass each way, and the GELU's slope
+    made in the forward pass for the backward pass to reuse.
 
     Args:
         x: ``(N, H, W, C)`` (or ``(N, C)``); gamma, beta: ``(C,)``; running: as ``batch_norm``.
