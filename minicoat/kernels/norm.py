@@ -175,12 +175,12 @@ defvjp_argnums(_batch_norm_gelu_train, _batch_norm_gelu_train_vjp)
 
 @register_kernel("batch_norm_gelu")
 def batch_norm_gelu(x, gamma, beta, running, train, approximate, momentum, eps):
-    """``GELU(BatchNorm(x))`` keeping two arrays of x's size for the backward pass, not three.
+    """``GELU(BatchNorm(x))`` in one blocked pass each way (BatchNorm's sums in the backward's).
 
-    The separate ops keep BatchNorm's input, the GELU's input and its output (torch's autograd
-    too). The fused one keeps x, for BatchNorm's gradient, and the GELU's slope at
-    ``z = BatchNorm(x)``, made in the forward pass beside the output (``gelu_and_slope``);
-    the output itself is the next op's input. Untraced, it writes the output alone.
+    Traced, it keeps two arrays of x's size for the backward pass: x, for BatchNorm's gradient,
+    and the GELU's slope at ``z = BatchNorm(x)``, made in the forward pass beside the output
+    (``gelu_and_slope``); torch's BatchNorm + GELU keep x and z. Untraced, it writes the output
+    alone.
     """
     if not train:
         y, running = batch_norm(x, gamma, beta, running, False, momentum, eps)
