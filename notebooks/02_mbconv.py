@@ -314,8 +314,8 @@ def mbconv_by_hand(p, state, x, stride, cfg, train):
 # It must reproduce `blocks.mbconv_forward` exactly: the same operations in the same order
 # (expected error 0, required $\le 10^{-12}$), in both modes, including the new state.
 # The library writes each `batch_norm` + `gelu` pair as one call, `mc.batch_norm_gelu`: the
-# same numbers, but its backward pass recomputes the normalised values instead of keeping
-# them, which saves one feature map of memory per pair (`docs/performance.md`).
+# same numbers, computed in one blocked pass, whose forward also writes the GELU's slope
+# $\mathrm{GELU}'(z)$ for the backward pass to reuse (`docs/performance.md`, item 35).
 
 # %%
 x = rng.standard_normal((6, 8, 8, c_in))  # (N, H, W, C_in)
